@@ -1,0 +1,69 @@
+"""Every Arrow schema and artifact name edray reads or writes, in one place.
+
+A *supporting sample* is one row of the task-agnostic pool; an *evaluation sample* is one row of a
+target task (validation or test split) or of the general suite. Readers normalize every input format
+to these schemas; rows that cannot be normalized go to the quarantine table with a reason.
+
+Conventions:
+- ``id`` is stable across runs: taken from the source when present, otherwise derived from content
+  (:func:`edray.data.ids.content_id`).
+- ``images`` holds encoded image files (PNG/JPEG/... bytes), in the order their ``<image>``
+  placeholders appear in ``messages``.
+- ``messages`` are chat turns; ``content`` is text in which each image is the placeholder ``<image>``.
+- ``metadata`` is a JSON object serialized as a string: free-form, source-specific. The skills world
+  keeps its ground truth under the key ``"world"``; pipeline stages never read it (only the world
+  teacher and the evaluator do).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+IMAGE_PLACEHOLDER = "<image>"
+
+# --- limits applied by the readers (overridable in their config) --------------------------------
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_TEXT_CHARS = 64 * 1024
+MAX_TURNS = 64
+
+MESSAGE_TYPE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+SUPPORT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source_task", pa.string(), nullable=False),
+        pa.field("images", pa.list_(pa.binary()), nullable=False),
+        pa.field("messages", pa.list_(MESSAGE_TYPE), nullable=False),
+        pa.field("skills", pa.list_(pa.string()), nullable=True),
+        pa.field("metadata", pa.string(), nullable=True),
+    ]
+)
+
+ANSWER_TYPES = ("multiple_choice", "yes_no", "number", "open")
+
+EVAL_SCHEMA = pa.schema(
+    list(SUPPORT_SCHEMA)
+    + [
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("choices", pa.list_(pa.string()), nullable=True),
+        pa.field("answer_type", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("record_id", pa.string(), nullable=True),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("position", pa.int64(), nullable=True),
+        pa.field("field", pa.string(), nullable=True),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("raw", pa.string(), nullable=True),
+    ]
+)
+
+# --- artifact names (files and folders inside a stage folder) -----------------------------------
+QUARANTINE = "quarantine.parquet"
+SUMMARY = "summary.json"
