@@ -1,0 +1,217 @@
+"""Configuration of the diagnose stage (METHOD.md §1 steps 1–3).
+
+``edray config show diagnose`` prints every field with its description. δ, λ and the strength of the
+gold prior are not published by the paper: they are fields here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from edray.config import EdrayModel
+
+DEFAULT_STUDENT_TEMPLATES = {
+    "default": (
+        "{question}\n{options}\n"
+        "Think step by step. Write each step on its own line as 'Step 1: ...', 'Step 2: ...', "
+        "then the final answer on a last line as 'Answer: ...'."
+    ),
+    "llava": (
+        "{question}\n{options}\n"
+        "Answer by reasoning in numbered steps ('Step 1:', 'Step 2:', ...) and end with 'Answer:' "
+        "followed by your final answer."
+    ),
+    "qwen": (
+        "{question}\n{options}\n"
+        "Solve this step by step. Number the steps as 'Step 1:', 'Step 2:', ... and finish with a line "
+        "'Answer: <your answer>'."
+    ),
+}
+
+DEFAULT_LOCATE_TEMPLATE = (
+    "Question: {question}\n"
+    "Options:\n{options}\n"
+    "Hint: {prior}\n"
+    "Reasoning so far:\n{steps}\n"
+    "Given the reasoning so far, which option is correct? Reply with one letter ({letters})."
+)
+
+DEFAULT_VERDICT_TEMPLATE = (
+    "Question: {question}\n"
+    "Correct answer: {gold}\n"
+    "Previous steps:\n{previous}\n"
+    "Step {step_index}: {step}\n"
+    "Is step {step_index} correct? Reply yes or no."
+)
+
+DEFAULT_SKILL_TEMPLATE = (
+    "A student answered a question wrongly. Name the one skill the student is missing, as a short phrase.\n\n"
+    "{examples}\n\n"
+    "Question: {question}\n"
+    "Correct answer: {gold}\n"
+    "Erroneous step: {step}\n"
+    "Skill:"
+)
+
+DEFAULT_SKILL_EXAMPLE_TEMPLATE = "Question: {question}\nCorrect answer: {gold}\nErroneous step: {step}\nSkill: {skill}"
+
+DEFAULT_SKILL_EXAMPLES = [
+    {
+        "question": "How many apples are on the table?",
+        "gold": "4",
+        "step": "I count three apples: one on the left, two on the right.",
+        "skill": "counting objects",
+    },
+    {
+        "question": "What colour is the car next to the tree?",
+        "gold": "blue",
+        "step": "The red car is next to the tree.",
+        "skill": "binding colours to objects",
+    },
+    {
+        "question": "Is the cup on the left side of the image?",
+        "gold": "no",
+        "step": "The cup is at the left edge of the picture.",
+        "skill": "locating objects in the image",
+    },
+]
+
+
+class ModelEndpoint(EdrayModel):
+    """A model reached through edray's OpenAI-compatible client."""
+
+    model: str = Field(..., min_length=1, max_length=512, description="Model name sent in each request.")
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", min_length=1, max_length=4096, description="OpenAI-compatible endpoint."
+    )
+    api_key_env: str = Field(
+        "EDRAY_API_KEY", min_length=1, max_length=256, description="Environment variable holding the API key (if any)."
+    )
+    max_tokens: int = Field(256, ge=1, le=32768, description="Upper bound on generated tokens per reply.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
+    concurrency: int = Field(8, ge=1, le=4096, description="Requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Timeout of one request.")
+    max_retries: int = Field(3, ge=0, le=100, description="Retries of a failed request (timeouts, 5xx, malformed).")
+    cache: bool = Field(True, description="Cache replies on disk so that an unchanged re-run makes no model calls.")
+
+
+class StudentConfig(EdrayModel):
+    """The student's step-by-step rollout over the validation set (step 1)."""
+
+    endpoint: ModelEndpoint = Field(
+        default_factory=lambda: ModelEndpoint(model="student"), description="The student model to diagnose."
+    )
+    family: str = Field("default", min_length=1, max_length=64, description="Key of the prompt template to use.")
+    templates: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_STUDENT_TEMPLATES),
+        description="Prompt template per model family; fields {question} and {options}.",
+    )
+
+    @model_validator(mode="after")
+    def _family_known(self) -> "StudentConfig":
+        if self.family not in self.templates:
+            raise ValueError(f"family {self.family!r} has no template; known: {sorted(self.templates)}")
+        return self
+
+
+class ScoringConfig(EdrayModel):
+    """Which answers count as wrong."""
+
+    scorer_by_type: dict[str, Literal["choice", "exact", "contains", "numeric", "vqa_soft"]] = Field(
+        default_factory=lambda: {"multiple_choice": "choice", "yes_no": "exact", "number": "numeric", "open": "exact"},
+        description="Scorer per answer_type; types not listed use exact match.",
+    )
+    abs_tol: float = Field(1e-6, ge=0.0, le=1e12, description="Absolute tolerance of the numeric scorer.")
+    rel_tol: float = Field(0.0, ge=0.0, le=1.0, description="Relative tolerance of the numeric scorer.")
+    correct_threshold: float = Field(1.0, gt=0.0, le=1.0, description="A score at or above this counts as correct.")
+
+
+class LocateConfig(EdrayModel):
+    """Mistake identification: the answer-switch rule and its comparison locators (step 2)."""
+
+    method: Literal["answer_switch", "random", "ask_per_step"] = Field(
+        "answer_switch",
+        description="answer_switch (the method); random and ask_per_step are the paper's comparison locators.",
+    )
+    delta: float = Field(
+        0.0, ge=-1.0, lt=1.0, description="δ: a step qualifies when P(wrong) − P(gold) after it is above this."
+    )
+    consecutive: int = Field(
+        1, ge=1, le=50, description="λ: the margin must stay above δ for this many consecutive steps."
+    )
+    run_may_end: bool = Field(
+        True, description="A qualifying run shorter than λ that reaches the last step counts."
+    )
+    prior_strength: float = Field(
+        0.6, gt=0.0, lt=1.0, description="P in the prior 'option X has a P% chance of being right' (X = gold)."
+    )
+    fallback: Literal["largest_increase", "last_step", "first_step"] = Field(
+        "largest_increase", description="Step chosen when no step qualifies (recorded as fallback_<rule>)."
+    )
+    template: str = Field(DEFAULT_LOCATE_TEMPLATE, min_length=1, description="Answer-switch prompt; see docs/diagnose.md.")
+    verdict_template: str = Field(
+        DEFAULT_VERDICT_TEMPLATE, min_length=1, description="Per-step 'is this step correct?' prompt (ask_per_step)."
+    )
+    top_logprobs: int = Field(10, ge=2, le=20, description="Alternatives read per generated token.")
+    max_tokens: int = Field(4, ge=1, le=64, description="Tokens generated per answer-switch query.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the option order of open-ended questions and of random.")
+
+
+class SkillConfig(EdrayModel):
+    """Skill analysis: one missing-skill phrase per error (step 3)."""
+
+    template: str = Field(DEFAULT_SKILL_TEMPLATE, min_length=1, description="Few-shot prompt; fields {examples}, {question}, {gold}, {step}.")
+    example_template: str = Field(
+        DEFAULT_SKILL_EXAMPLE_TEMPLATE, min_length=1, description="How one example is rendered into {examples}."
+    )
+    examples: list[dict[str, str]] = Field(
+        default_factory=lambda: [dict(e) for e in DEFAULT_SKILL_EXAMPLES],
+        description="Few-shot examples, each with keys question, gold, step, skill.",
+    )
+    max_words: int = Field(8, ge=1, le=64, description="Longest skill phrase kept (extra words dropped).")
+    max_tokens: int = Field(32, ge=1, le=512, description="Tokens generated per skill query.")
+
+    @model_validator(mode="after")
+    def _examples_complete(self) -> "SkillConfig":
+        for i, ex in enumerate(self.examples):
+            missing = {"question", "gold", "step", "skill"} - set(ex)
+            if missing:
+                raise ValueError(f"examples[{i}] lacks {sorted(missing)}")
+        return self
+
+
+class GapConfig(EdrayModel):
+    """Capability gaps: missing-skill phrases embedded and clustered."""
+
+    embedder: Optional[str] = Field(
+        None, max_length=4096, description="sentence-transformers folder; default: the packaged all-MiniLM-L6-v2."
+    )
+    threshold: float = Field(
+        0.35, ge=0.0, le=2.0, description="Cosine distance below which clusters merge (agglomerative)."
+    )
+    linkage: Literal["average", "complete", "single"] = Field("average", description="Linkage of the clustering.")
+    max_examples: int = Field(5, ge=0, le=1000, description="Example errors kept per gap in gaps.parquet.")
+    batch_size: int = Field(64, ge=1, le=65536, description="Phrases per embedding batch.")
+
+
+class DiagnoseConfig(EdrayModel):
+    """The diagnose stage: the student's mistakes on the validation set, located and named."""
+
+    validation: str = Field(
+        ..., min_length=1, max_length=4096, description="Validation set: a Parquet file or folder in EVAL_SCHEMA."
+    )
+    task: Optional[str] = Field(
+        None, max_length=256, description="Keep only rows whose source_task is this (default: all rows)."
+    )
+    round: int = Field(0, ge=0, le=1000, description="Round index k: the student tuned in round k−1 is diagnosed.")
+    limit: Optional[int] = Field(None, ge=1, le=10_000_000, description="Use only the first N validation rows.")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="The student and its prompt.")
+    teacher: ModelEndpoint = Field(
+        default_factory=lambda: ModelEndpoint(model="teacher"), description="The teacher (text-only)."
+    )
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Answer scoring.")
+    locate: LocateConfig = Field(default_factory=LocateConfig, description="Mistake identification.")
+    skill: SkillConfig = Field(default_factory=SkillConfig, description="Skill analysis.")
+    gaps: GapConfig = Field(default_factory=GapConfig, description="Capability gaps.")
