@@ -67,3 +67,80 @@ QUARANTINE_SCHEMA = pa.schema(
 # --- artifact names (files and folders inside a stage folder) -----------------------------------
 QUARANTINE = "quarantine.parquet"
 SUMMARY = "summary.json"
+
+# --- diagnose ---
+# answers.parquet: the student's step-by-step rollout over the validation set, scored.
+ANSWERS = "answers.parquet"
+ANSWERS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source_task", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("gold", pa.string(), nullable=False),
+        pa.field("answer_type", pa.string(), nullable=False),
+        pa.field("choices", pa.list_(pa.string()), nullable=True),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("response", pa.string(), nullable=True),
+        pa.field("steps", pa.list_(pa.string()), nullable=False),
+        pa.field("prediction", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("failure", pa.string(), nullable=True),
+    ]
+)
+# errors.parquet: one row per wrong answer: located step, how it was located, the missing skill.
+ERRORS = "errors.parquet"
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("error_id", pa.string(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("source_task", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("gold", pa.string(), nullable=False),
+        pa.field("prediction", pa.string(), nullable=False),
+        pa.field("answer_type", pa.string(), nullable=False),
+        pa.field("options", pa.list_(pa.string()), nullable=True),
+        pa.field("steps", pa.list_(pa.string()), nullable=False),
+        pa.field("step", pa.int32(), nullable=True),
+        pa.field("step_text", pa.string(), nullable=True),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("margins", pa.list_(pa.float64()), nullable=True),
+        pa.field("skill", pa.string(), nullable=True),
+        pa.field("gap_id", pa.int32(), nullable=True),
+        pa.field("teacher_raw", pa.string(), nullable=True),
+        pa.field("failure", pa.string(), nullable=True),
+    ]
+)
+# gaps.parquet: missing-skill phrases clustered into capability gaps.
+GAPS = "gaps.parquet"
+GAPS_SCHEMA = pa.schema(
+    [
+        pa.field("gap_id", pa.int32(), nullable=False),
+        pa.field("skill", pa.string(), nullable=False),
+        pa.field("phrases", pa.list_(pa.string()), nullable=False),
+        pa.field("error_count", pa.int64(), nullable=False),
+        pa.field("error_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("example_steps", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+# --- select ---
+# selection.parquet: the training set the train stage reads, one row per sample, with provenance.
+# source = "pool" (a row of the supporting pool, by id) or "validation" (the validation-set baseline).
+SELECTION = "selection.parquet"
+SELECTION_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("gap_id", pa.int32(), nullable=True),
+        pa.field("skill", pa.string(), nullable=True),
+        pa.field("error_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("query", pa.string(), nullable=True),
+        pa.field("retrieval_mode", pa.string(), nullable=True),
+        pa.field("score", pa.float64(), nullable=True),
+        pa.field("rank", pa.int32(), nullable=True),
+    ]
+)
