@@ -144,3 +144,21 @@ SELECTION_SCHEMA = pa.schema(
         pa.field("rank", pa.int32(), nullable=True),
     ]
 )
+
+# --- train ---
+# Inside runs/<run>/round_<k>/train/: the trained weights as a folder transformers loads unchanged
+# (adapter/ for LoRA via peft, model/ for full and SPIDER), each with the processor, and one metrics
+# row per optimizer step.
+TRAIN_ADAPTER = "adapter"
+TRAIN_MODEL = "model"
+TRAIN_METRICS = "metrics.parquet"
+
+# --- world ---
+# Inside a generated skills world (edray world generate --out DIR): the supporting pool as Parquet
+# files (SUPPORT_SCHEMA) and optionally as a Lance dataset, one folder per evaluation suite holding
+# validation.parquet and test.parquet (EVAL_SCHEMA), and world.json (skills, tasks, pool skill shares).
+WORLD_POOL_DIR = "pool"
+WORLD_POOL_LANCE = "pool.lance"
+WORLD_EVAL_DIR = "eval"
+WORLD_INFO = "world.json"
+WORLD_GENERAL_SUITE = "general"
