@@ -34,6 +34,8 @@ data_app = typer.Typer(help="Read, validate and inspect datasets in any supporte
 config_app = typer.Typer(help="Show stage configs with every field's description.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
+world_app = typer.Typer(help="The skills world: offline benchmark data with ground truth, and its teacher.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -96,6 +98,38 @@ def config_show(
     for key, value, desc in describe_config(cfg):
         table.add_row(key, value, desc)
     console.print(table)
+
+register_config("world", "edray.world.config:WorldConfig")
+
+
+@world_app.command("generate")
+def world_generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the world into.")],
+    pool_size: Annotated[Optional[int], typer.Option("--pool-size", help="Supporting-pool rows (pool.pool_size).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Pool seed (pool.seed).")] = None,
+    mix: Annotated[
+        Optional[list[str]],
+        typer.Option("--mix", help="Weight of a skill or source task in the pool: --mix attribute_binding=0.005 (repeatable)."),
+    ] = None,
+    lance: Annotated[bool, typer.Option("--lance", help="Also write the pool as a Lance dataset.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Generate a skills world: supporting pool (Ray Data), target-task splits and the general suite."""
+    from edray.world import job
+
+    overrides = list(set_ or [])
+    if pool_size is not None:
+        overrides.append(f"pool.pool_size={pool_size}")
+    if seed is not None:
+        overrides.append(f"pool.seed={seed}")
+    overrides += [f"pool.mix.{item}" for item in mix or []]
+    if lance:
+        overrides.append("pool.formats=[parquet, lance]")
+    cfg = load_stage_config("world", config, overrides)
+    path = job.run(cfg, out, force=force)
+    console.print(f"world written to {path}")
 
 
 def main() -> None:
