@@ -26,6 +26,7 @@ pytest_plugins = [
     "tests.fixtures.world",
     "tests.fixtures.student",
     "tests.fixtures.serve",
+    "tests.fixtures.index",
 ]
 
 RAY_NUM_CPUS = int(os.environ.get("EDRAY_TEST_RAY_CPUS", "4"))

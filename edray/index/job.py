@@ -1,0 +1,596 @@
+"""The index stage: supporting pool → skill annotation → embedding → LanceDB table with indexes.
+
+Inputs: the supporting pool (``config.pool``: any format the readers accept) and the teacher (the
+world teacher in process, any OpenAI-compatible endpoint, or vLLM on GPUs through ``ray.data.llm``).
+Outputs: the LanceDB table ``<store.uri>/<store.table>`` (default ``<run-dir>/lancedb``) with a BM25
+index on ``skill_text``, a vector index chosen from the table size and a BTree on ``id``; the
+annotation cache table ``<store.table>_annotation_cache`` beside it; and the stage folder
+``<run-dir>/index/`` with ``quarantine.parquet``, ``annotation_failures.parquet``, ``summary.json``,
+``index_info.json`` and ``manifest.json``.
+
+Run: ``edray index --config jobs/index.yaml --run-dir runs/x``
+
+One streaming Ray Data pipeline, never materializing the pool:
+read (tasks) → validate + anti-join on committed ids (tasks) → annotate (actor pool) → embed (actor
+pool) → the driver, the single writer, committing every ``store.commit_rows`` rows with an
+insert-if-absent merge on ``id``. A run killed at any point and re-run ends with every valid row
+exactly once; a pool that grew costs only its new rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from edray.config import ConfigError
+from edray.index import core
+from edray.index.config import AnnotateConfig, EmbedConfig, IndexConfig
+from edray.index.search import INDEX_INFO
+from edray.rundir import StageDir, fingerprint
+from edray.schemas import QUARANTINE, QUARANTINE_SCHEMA, SUMMARY
+
+ANNOTATION_FAILURES = "annotation_failures.parquet"
+CACHE_SUFFIX = "_annotation_cache"
+
+_KNOWN_IDS: dict[str, frozenset[str]] = {}
+
+
+def prepare_batch(batch: pa.Table, known_ref: Any, stage: str = core.STAGE_NAME) -> pa.Table:
+    """Split a reader batch into valid and quarantined rows and mark ids already in the table.
+
+    Args:
+        batch: rows of :func:`edray.data.readers.read_samples`.
+        known_ref: a Ray object reference to the committed ids (fetched once per worker process).
+        stage: recorded on quarantined rows.
+
+    Returns:
+        A stream table (``core.STREAM_SCHEMA``).
+    """
+    import ray
+
+    from edray.data.readers import split_batch
+
+    key = known_ref.hex()
+    if key not in _KNOWN_IDS:
+        _KNOWN_IDS.clear()
+        _KNOWN_IDS[key] = frozenset(ray.get(known_ref).to_pylist())
+    valid, quarantine = split_batch(batch, "support", stage)
+    ok_mask = pc.is_null(batch.column("_error_reason"))
+    where = batch.filter(ok_mask).select(["_source", "_position"])
+    valid = valid.append_column("_source", where.column("_source")).append_column("_position", where.column("_position"))
+    return core.to_stream(valid, quarantine, _KNOWN_IDS[key])
+
+
+def annotation_messages(instruction: str, answer: str) -> list[dict[str, str]]:
+    """The annotation prompt (METHOD.md step 4): the teacher names the skills a sample exercises."""
+    from edray.world.teacher_prompts import annotation_messages as world_messages
+
+    return world_messages(instruction, answer)
+
+
+class SkillAnnotator:
+    """Annotates the new rows of a stream batch with skills; loads its teacher and cache once.
+
+    Cache hits (by content hash of instruction + answer + teacher model + prompt version) skip the
+    teacher; a request that still fails after its retries marks the row ``annotation_failed`` with
+    the reason, so it is recorded and retried by the next run, never dropped silently.
+    """
+
+    def __init__(self, cfg: AnnotateConfig, db_uri: str, storage_options: dict[str, str], cache_name: str) -> None:
+        from edray.index.store import connect, open_table
+
+        self.cfg = cfg
+        self.cache = open_table(connect(db_uri, storage_options), cache_name) if cfg.use_cache else None
+        self.teacher = _make_teacher(cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        n = batch.num_rows
+        status = batch.column("status").to_pylist()
+        instructions = batch.column("instruction").to_pylist()
+        answers = batch.column("answer").to_pylist()
+        reasons = batch.column("reason").to_pylist()
+        keys: list[str | None] = [None] * n
+        skills: list[list[str] | None] = [None] * n
+        hits: list[bool | None] = [None] * n
+        todo = [i for i in range(n) if status[i] == core.STATUS_OK]
+        for i in todo:
+            keys[i] = core.annotation_key(instructions[i] or "", answers[i] or "", self.cfg.model, self.cfg.prompt_version)
+        from edray.index.store import lookup_cache
+
+        cached = lookup_cache(self.cache, sorted({keys[i] for i in todo})) if self.cache is not None else {}
+        ask: dict[str, list[int]] = {}
+        for i in todo:
+            if keys[i] in cached:
+                skills[i], hits[i] = list(cached[keys[i]]), True
+            else:
+                ask.setdefault(keys[i], []).append(i)
+        if ask:
+            firsts = [rows[0] for rows in ask.values()]
+            answers_out = self.teacher([(instructions[i] or "", answers[i] or "") for i in firsts])
+            for rows, out in zip(ask.values(), answers_out):
+                for i in rows:
+                    if isinstance(out, str):
+                        status[i], reasons[i] = core.STATUS_ANNOTATION_FAILED, out
+                    else:
+                        skills[i], hits[i] = out, False
+        per_row = (time.perf_counter() - started) / max(len(todo), 1)
+        out_tbl = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+        out_tbl = out_tbl.set_column(out_tbl.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+        st = [core.skill_text(s) if s else None for s in skills]
+        cols = {
+            "skills": pa.array(skills, pa.list_(pa.string())),
+            "skill_text": pa.array(st, pa.string()),
+            "annotation_key": pa.array(keys, pa.string()),
+            "cache_hit": pa.array(hits, pa.bool_()),
+            "annotate_s": pa.array([per_row if s == core.STATUS_OK or s == core.STATUS_ANNOTATION_FAILED else 0.0
+                                    for s in status], pa.float64()),
+        }
+        for f in core.ANNOTATED_FIELDS:
+            out_tbl = out_tbl.append_column(f, cols[f.name])
+        return out_tbl
+
+
+def _make_teacher(cfg: AnnotateConfig) -> Any:
+    """A callable ``[(instruction, answer)] -> [skills | failure reason]`` for the configured backend."""
+    if cfg.backend == "http":
+        return _HttpTeacher(cfg)
+    if cfg.backend == "world":
+        return _WorldTeacher(cfg)
+    raise ConfigError(f"annotate.backend={cfg.backend} is not an in-actor backend")
+
+
+def _parse(text: str, cfg: AnnotateConfig) -> list[str] | str:
+    try:
+        return core.parse_skills(text, cfg.max_skills)
+    except ValueError as exc:
+        return f"unparseable teacher answer: {exc}"
+
+
+class _HttpTeacher:
+    """Any OpenAI-compatible endpoint through edray's model client (retries, backoff, timeout)."""
+
+    def __init__(self, cfg: AnnotateConfig) -> None:
+        from edray.serve.client import ClientConfig, ModelClient
+
+        api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+        self.cfg = cfg
+        self.client = ModelClient(
+            ClientConfig(
+                base_url=cfg.base_url,
+                model=cfg.model,
+                api_key=api_key or None,
+                concurrency=cfg.concurrency,
+                timeout_s=cfg.timeout_s,
+                max_retries=cfg.max_retries,
+                backoff_s=cfg.backoff_s,
+            )
+        )
+
+    def __call__(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
+        from edray.serve.engine import ChatRequest
+
+        requests = [
+            ChatRequest(model=self.cfg.model, messages=annotation_messages(ins, ans), max_tokens=self.cfg.max_tokens)
+            for ins, ans in pairs
+        ]
+        out: list[list[str] | str] = []
+        for res in _run(self.client.chat_many(requests)):
+            text = getattr(res, "text", None)
+            out.append(_parse(text, self.cfg) if text is not None else f"teacher request failed: {getattr(res, 'error', res)}")
+        return out
+
+
+class _WorldTeacher:
+    """The skills world's teacher engine, in process: bounded concurrency, per-request timeout, retries."""
+
+    def __init__(self, cfg: AnnotateConfig) -> None:
+        from edray.world.teacher import WorldTeacher
+
+        self.cfg = cfg
+        self.engine = WorldTeacher.load(cfg.world_path) if cfg.world_path else WorldTeacher()
+
+    def __call__(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
+        return _run(self._all(pairs))
+
+    async def _all(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
+        sem = asyncio.Semaphore(self.cfg.concurrency)
+        return list(await asyncio.gather(*(self._one(sem, ins, ans) for ins, ans in pairs)))
+
+    async def _one(self, sem: asyncio.Semaphore, ins: str, ans: str) -> list[str] | str:
+        from edray.serve.engine import ChatRequest
+
+        req = ChatRequest(model=self.cfg.model, messages=annotation_messages(ins, ans), max_tokens=self.cfg.max_tokens)
+        last = ""
+        for attempt in range(self.cfg.max_retries + 1):
+            async with sem:
+                try:
+                    res = await asyncio.wait_for(self.engine.generate(req), self.cfg.timeout_s)
+                    return _parse(res.text, self.cfg)
+                except Exception as exc:  # noqa: BLE001 - every failure is retried, then recorded
+                    last = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(self.cfg.backoff_s * 2**attempt * (0.5 + random.random()))
+        return f"teacher request failed after {self.cfg.max_retries + 1} attempts: {last}"
+
+
+def _run(coro: Any) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    raise RuntimeError("the annotator must not run inside an event loop")
+
+
+class EmbedPredictor:
+    """Embeds the new, annotated rows of a stream batch; loads its model once per actor."""
+
+    def __init__(self, cfg: EmbedConfig) -> None:
+        import torch
+
+        from edray.index.search import load_embedder
+
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.cfg = cfg
+        self.embed = load_embedder(cfg.model_path, device=device, trust_remote_code=cfg.trust_remote_code,
+                                   normalize=cfg.normalize, max_seq_length=cfg.max_seq_length)
+        self.dim = int(self.embed(["probe"]).shape[1])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        n = batch.num_rows
+        status = batch.column("status").to_pylist()
+        rows = [i for i in range(n) if status[i] == core.STATUS_OK]
+        vectors = np.zeros((n, self.dim), dtype=np.float32)
+        if rows:
+            sk = batch.column("skill_text").to_pylist()
+            ins = batch.column("instruction").to_pylist()
+            ans = batch.column("answer").to_pylist()
+            texts = [core.text_to_embed(self.cfg.text, sk[i] or "", ins[i] or "", ans[i] or "") for i in rows]
+            vectors[rows] = self.embed(texts)
+        per_row = (time.perf_counter() - started) / max(len(rows), 1)
+        return batch.append_column("vector", core.vectors_to_arrow(vectors)).append_column(
+            "embed_s", pa.array([per_row if s == core.STATUS_OK else 0.0 for s in status], pa.float64())
+        )
+
+
+def build_pipeline(config: IndexConfig, db_uri: str, known_ref: Any) -> Any:
+    """The lazy Ray Data pipeline from the pool to embedded stream batches.
+
+    Args:
+        config: the stage config.
+        db_uri: the LanceDB URI (the annotators open the cache table there).
+        known_ref: object reference to the ids already committed.
+
+    Returns:
+        A ``ray.data.Dataset`` of stream batches (``core.STREAM_SCHEMA`` + annotation + ``vector``).
+    """
+    import ray
+
+    from edray.data.readers import read_samples
+
+    read_cfg = config.read.model_copy(update={"kind": "support"})
+    ds = read_samples(config.pool, kind="support", config=read_cfg)
+    ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"known_ref": known_ref},
+                        num_cpus=config.prepare_num_cpus)
+    a = config.annotate
+    # Ray Data restarts lost actors and retries their tasks by default (max_restarts=-1): a worker
+    # node lost mid-run costs its in-flight batches only.
+    if a.backend == "vllm":
+        ds = annotate_with_vllm(ds, config, db_uri)
+    else:
+        ds = ds.map_batches(
+            SkillAnnotator,
+            fn_constructor_kwargs={"cfg": a, "db_uri": db_uri, "storage_options": config.store.storage_options,
+                                   "cache_name": config.store.table + CACHE_SUFFIX},
+            batch_format="pyarrow",
+            batch_size=a.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=a.actors, max_size=a.actors),
+            num_cpus=a.num_cpus,
+        )
+    e = config.embed
+    return ds.map_batches(
+        EmbedPredictor,
+        fn_constructor_kwargs={"cfg": e},
+        batch_format="pyarrow",
+        batch_size=e.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=e.actors, max_size=e.actors),
+        num_cpus=e.num_cpus,
+        num_gpus=e.num_gpus or None,
+    )
+
+
+def annotate_with_vllm(ds: Any, config: IndexConfig, db_uri: str) -> Any:
+    """Annotate through ``ray.data.llm``: one vLLM engine per GPU actor (GPU clusters only).
+
+    Cache hits are looked up first; rows that need no teacher (hits, known and quarantined rows) still
+    pass through the processor, as a one-token request, because a processor maps every row.
+
+    Raises:
+        ConfigError: the cluster has fewer GPUs than one engine needs.
+    """
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    a = config.annotate
+    if ray.cluster_resources().get("GPU", 0) < a.vllm_gpus_per_actor:
+        raise ConfigError(
+            f"annotate.backend=vllm needs {a.vllm_gpus_per_actor} GPU(s) per engine and the cluster has "
+            f"{ray.cluster_resources().get('GPU', 0)}; use annotate.backend=http with an OpenAI-compatible server "
+            "(for example vLLM's, on CPU) or annotate.backend=world"
+        )
+    ds = ds.map_batches(
+        _CacheLookup,
+        fn_constructor_kwargs={"cfg": a, "db_uri": db_uri, "storage_options": config.store.storage_options,
+                               "cache_name": config.store.table + CACHE_SUFFIX},
+        batch_format="pyarrow",
+        batch_size=a.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
+        num_cpus=a.num_cpus,
+    )
+    processor = build_processor(
+        vLLMEngineProcessorConfig(
+            model_source=a.model,
+            engine_kwargs={"tensor_parallel_size": a.vllm_gpus_per_actor, **a.vllm_engine_kwargs},
+            concurrency=a.actors,
+            batch_size=a.batch_size,
+        ),
+        preprocess=lambda row: _vllm_preprocess(row, a.max_tokens),
+        postprocess=lambda row: _vllm_postprocess(row, a.max_skills),
+    )
+    return processor(ds)
+
+
+class _CacheLookup:
+    def __init__(self, cfg: AnnotateConfig, db_uri: str, storage_options: dict[str, str], cache_name: str) -> None:
+        from edray.index.store import connect, open_table
+
+        self.cfg = cfg
+        self.cache = open_table(connect(db_uri, storage_options), cache_name) if cfg.use_cache else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from edray.index.store import lookup_cache
+
+        status = batch.column("status").to_pylist()
+        ins, ans = batch.column("instruction").to_pylist(), batch.column("answer").to_pylist()
+        keys = [core.annotation_key(i or "", a or "", self.cfg.model, self.cfg.prompt_version) if s == core.STATUS_OK else None
+                for s, i, a in zip(status, ins, ans)]
+        cached = lookup_cache(self.cache, sorted({k for k in keys if k})) if self.cache is not None else {}
+        skills = [cached.get(k) if k else None for k in keys]
+        out = batch.append_column("annotation_key", pa.array(keys, pa.string()))
+        out = out.append_column("skills", pa.array(skills, pa.list_(pa.string())))
+        return out.append_column("cache_hit", pa.array([s is not None if k else None for k, s in zip(keys, skills)], pa.bool_()))
+
+
+def _vllm_preprocess(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    needs = row["status"] == core.STATUS_OK and not row["cache_hit"]
+    messages = annotation_messages(row["instruction"] or "", row["answer"] or "") if needs else [{"role": "user", "content": "."}]
+    return {**row, "messages_llm": None, "messages": messages,
+            "sampling_params": {"temperature": 0.0, "max_tokens": max_tokens if needs else 1},
+            "_orig_messages": row["messages"]}
+
+
+def _vllm_postprocess(row: dict[str, Any], max_skills: int) -> dict[str, Any]:
+    status, reason, skills = row["status"], row["reason"], row["skills"]
+    if status == core.STATUS_OK and not row["cache_hit"]:
+        try:
+            skills = core.parse_skills(row.get("generated_text") or "", max_skills)
+        except ValueError as exc:
+            status, reason = core.STATUS_ANNOTATION_FAILED, f"unparseable teacher answer: {exc}"
+    keep = {f.name for f in core.STREAM_SCHEMA} - {"messages"}
+    out = {k: row[k] for k in keep}
+    out.update(messages=row["_orig_messages"], status=status, reason=reason, skills=skills,
+               skill_text=core.skill_text(skills) if skills else None, annotation_key=row["annotation_key"],
+               cache_hit=row["cache_hit"], annotate_s=0.0)
+    return out
+
+
+class _Writer:
+    """The single writer of the table and the cache table, committing every ``commit_rows`` rows."""
+
+    def __init__(self, config: IndexConfig, db: Any) -> None:
+        self.config = config
+        self.db = db
+        self.table_name = config.store.table
+        self.cache_name = config.store.table + CACHE_SUFFIX
+        self.pending: list[pa.Table] = []
+        self.pending_cache: list[pa.Table] = []
+        self.pending_rows = 0
+        self.seen: set[str] = set()
+        self.quarantine: list[pa.Table] = []
+        self.failures: list[pa.Table] = []
+        self.counts = {k: 0 for k in ("rows_in", "valid", "already_indexed", "quarantined", "duplicates",
+                                      "annotate_rows", "annotated", "cache_hits", "annotation_failures",
+                                      "embedded", "indexed", "commits")}
+        self.busy = {"annotate": 0.0, "embed": 0.0, "write": 0.0}
+
+    def add(self, batch: pa.Table) -> None:
+        c = self.counts
+        c["rows_in"] += batch.num_rows
+        batch = self._mark_duplicates(batch)
+        status = batch.column("status")
+        n_ok = pc.sum(pc.equal(status, core.STATUS_OK)).as_py() or 0
+        n_known = pc.sum(pc.equal(status, core.STATUS_KNOWN)).as_py() or 0
+        n_failed = pc.sum(pc.equal(status, core.STATUS_ANNOTATION_FAILED)).as_py() or 0
+        hits = pc.sum(pc.fill_null(batch.column("cache_hit"), False)).as_py() or 0
+        c["valid"] += n_ok + n_known + n_failed
+        c["already_indexed"] += n_known
+        c["annotate_rows"] += n_ok + n_failed
+        c["cache_hits"] += hits
+        c["annotated"] += n_ok - hits
+        c["annotation_failures"] += n_failed
+        c["embedded"] += n_ok
+        self.busy["annotate"] += pc.sum(batch.column("annotate_s")).as_py() or 0.0
+        self.busy["embed"] += pc.sum(batch.column("embed_s")).as_py() or 0.0
+        q = core.quarantine_rows(batch)
+        if q.num_rows:
+            self.quarantine.append(q)
+            c["quarantined"] += q.num_rows
+        f = core.annotation_failure_rows(batch)
+        if f.num_rows:
+            self.failures.append(f)
+        rows = core.table_rows(batch, self.config.store.payload)
+        if rows.num_rows:
+            self.pending.append(rows)
+            self.pending_rows += rows.num_rows
+            if self.config.annotate.use_cache:
+                self.pending_cache.append(core.cache_rows(batch, self.config.annotate.model, self.config.annotate.prompt_version))
+        if self.pending_rows >= self.config.store.commit_rows:
+            self.flush()
+
+    def _mark_duplicates(self, batch: pa.Table) -> pa.Table:
+        # Ids repeated across blocks: only the driver sees every block, so the first occurrence wins here.
+        status = batch.column("status").to_pylist()
+        ids = batch.column("id").to_pylist()
+        reasons = batch.column("reason").to_pylist()
+        fields = batch.column("reason_field").to_pylist()
+        changed = False
+        for i, (s, rid) in enumerate(zip(status, ids)):
+            if s == core.STATUS_QUARANTINE:
+                continue
+            if rid in self.seen:
+                status[i], reasons[i], fields[i], changed = core.STATUS_QUARANTINE, f"duplicate id {rid!r} within the pool", "id", True
+                self.counts["duplicates"] += 1
+            else:
+                self.seen.add(rid)
+        if not changed:
+            return batch
+        for name, values in (("status", status), ("reason", reasons), ("reason_field", fields)):
+            batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, pa.string()))
+        return batch
+
+    def flush(self) -> None:
+        from edray.index.store import commit_rows, write_cache
+
+        if not self.pending:
+            return
+        started = time.perf_counter()
+        rows = pa.concat_tables(self.pending)
+        # Cache first: a crash after it costs nothing, a crash before the table commit re-annotates nothing.
+        if self.pending_cache:
+            write_cache(self.db, self.cache_name, pa.concat_tables(self.pending_cache))
+        _, inserted = commit_rows(self.db, self.table_name, rows)
+        self.counts["indexed"] += inserted
+        self.counts["commits"] += 1
+        self.pending, self.pending_cache, self.pending_rows = [], [], 0
+        self.busy["write"] += time.perf_counter() - started
+
+
+def run(config: IndexConfig, run_dir: str | os.PathLike[str], force: bool = False) -> Path:
+    """Index the pool into LanceDB; skip when the same config and pool were already indexed.
+
+    Args:
+        config: the stage config.
+        run_dir: the run directory (the stage folder is ``<run_dir>/index``).
+        force: re-run even when a completed stage has the same fingerprint.
+
+    Returns:
+        The stage folder.
+
+    Raises:
+        FileNotFoundError: the pool does not exist.
+        ConfigError: the configuration cannot run on this cluster (vLLM without GPUs).
+    """
+    stage = StageDir(Path(run_dir), core.STAGE_NAME)
+    fp = fingerprint(config, inputs=[config.pool])
+    if stage.is_done(fp) and not force:
+        return stage.path
+    stage.clean_stale()
+    summary = index_pool(config, Path(run_dir), stage, fp)
+    _print_summary(summary)
+    return stage.path
+
+
+def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> dict[str, Any]:
+    """Run the pipeline, commit the table and its indexes, and commit the stage folder.
+
+    Returns:
+        The summary written to ``summary.json`` and ``manifest.json``.
+    """
+    import ray
+
+    from edray.index.store import committed_ids, connect, open_table, refresh_indexes
+
+    if not Path(config.pool).exists() and "://" not in config.pool:
+        raise FileNotFoundError(f"pool {config.pool} does not exist")
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = config.progress_bars
+    ctx.enable_operator_progress_bars = config.progress_bars
+    db_uri = config.store.uri or str((run_dir / "lancedb").resolve())
+    db = connect(db_uri, config.store.storage_options)
+    started = time.perf_counter()
+    known = committed_ids(open_table(db, config.store.table))
+    known_ref = ray.put(known)
+    writer = _Writer(config, db)
+    ds = build_pipeline(config, db_uri, known_ref)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        writer.add(batch)
+    writer.flush()
+    table = open_table(db, config.store.table)
+    if table is None:
+        raise ValueError(f"no valid row to index in {config.pool}: see {stage.path / QUARANTINE}")
+    total = table.count_rows()
+    s = config.store
+    plan = core.plan_vector_index(total, s.vector_index, s.metric, s.exact_below_rows, s.rows_per_partition,
+                                  s.hnsw_m, s.hnsw_ef_construction)
+    t0 = time.perf_counter()
+    built = refresh_indexes(table, plan, s.fts, open_table(db, config.store.table + CACHE_SUFFIX))
+    index_s = time.perf_counter() - t0
+    wall = time.perf_counter() - started
+    counts = dict(writer.counts, table_rows=total)
+    summary = core.summarize(counts, writer.busy, {"annotate": config.annotate.actors, "embed": config.embed.actors,
+                                                  "write": 1}, wall)
+    summary.update(vector_index=plan.as_dict(), indexes=built, index_build_s=round(index_s, 3), uri=db_uri,
+                   table=config.store.table)
+    info = {"uri": db_uri, "table": config.store.table, "storage_options": s.storage_options,
+            "embed_model": config.embed.model_path, "embed_text": config.embed.text, "normalize": config.embed.normalize,
+            "max_seq_length": config.embed.max_seq_length, "metric": s.metric, "rrf_k": config.search.rrf_k,
+            "nprobes": config.search.nprobes, "payload": s.payload, "version": table.version}
+    stage.counts.update({k: int(v) for k, v in counts.items()})
+    stage.metrics.update({"stages": summary["stages"], "rows_per_s": summary["rows_per_s"],
+                          "index_build_s": summary["index_build_s"], "vector_index": summary["vector_index"]})
+    with stage.commit(config, fp, inputs=[config.pool]) as tmp:
+        q = pa.concat_tables(writer.quarantine) if writer.quarantine else QUARANTINE_SCHEMA.empty_table()
+        pq.write_table(q, tmp / QUARANTINE)
+        f = pa.concat_tables(writer.failures) if writer.failures else core.ANNOTATION_FAILURE_SCHEMA.empty_table()
+        pq.write_table(f, tmp / ANNOTATION_FAILURES)
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / INDEX_INFO).write_text(json.dumps(info, indent=2))
+    return summary
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = summary["counts"]
+    t = Table(title="index summary")
+    t.add_column("rows in")
+    t.add_column("indexed (new)")
+    t.add_column("already indexed")
+    t.add_column("table rows")
+    t.add_column("quarantined")
+    t.add_column("annotation failures")
+    t.add_column("cache hits")
+    t.add_row(*(str(c.get(k, 0)) for k in ("rows_in", "indexed", "already_indexed", "table_rows", "quarantined",
+                                           "annotation_failures", "cache_hits")))
+    Console().print(t)
+    s = Table(title=f"rows/s per stage (wall {summary['wall_s']} s, {summary['rows_per_s']} rows/s in)")
+    for col in ("stage", "rows", "actors", "rows/s", "rows/s per actor"):
+        s.add_column(col)
+    for name, st in summary["stages"].items():
+        s.add_row(name, str(st["rows"]), str(st["actors"]), str(st["rows_per_s"]), str(st["rows_per_actor_s"]))
+    Console().print(s)
