@@ -99,6 +99,79 @@ def config_show(
         table.add_row(key, value, desc)
     console.print(table)
 
+
+# --- data ---------------------------------------------------------------------------------------------
+register_config("data", "edray.data.config:ReadConfig")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Annotated[Path, typer.Argument(help="A file or folder: Parquet, JSONL, LLaVA JSON (+ images), a Hugging Face save_to_disk folder, or Lance.")],
+    kind: Annotated[Optional[str], typer.Option("--kind", help="support (supporting pool) or eval (evaluation samples, with answers). Default: from the config (support).")] = None,
+    format_: Annotated[Optional[str], typer.Option("--format", "-f", help="auto, parquet, jsonl, llava, hf or lance. Default: auto (detected from the path).")] = None,
+    quarantine_out: Annotated[Optional[Path], typer.Option("--quarantine-out", help="Write every quarantined record (source, position, field, reason, raw excerpt) to this Parquet file (.jsonl: JSON lines).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    sample: Annotated[int, typer.Option("--sample", help="Valid rows to show.", min=0, max=100)] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when any record is quarantined.")] = False,
+) -> None:
+    """Read a dataset, validate every record and summarize: format, counts, schema, a sample row, quarantine.
+
+    Bad records (corrupt or oversized images, malformed conversations, missing answers, duplicate ids...) never stop the read: each is quarantined with its file, position, field and reason.
+
+    Limits come from the `data` config (`edray config show data`), e.g. --set max_image_bytes=1000000.
+    """
+    import json
+
+    from edray.data.job import inspect as inspect_data
+
+    cfg = load_stage_config("data", config, set_)
+    overrides = [f"{k}={v}" for k, v in (("kind", kind), ("format", format_)) if v is not None]
+    if overrides:
+        cfg = load_stage_config("data", config, (set_ or []) + overrides)
+    try:
+        summary = inspect_data(path, config=cfg, quarantine_out=quarantine_out, sample_rows=sample)
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]error[/red]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        _print_inspect(summary)
+    if strict and summary.quarantined:
+        raise typer.Exit(1)
+
+
+def _print_inspect(summary: "InspectSummary") -> None:  # noqa: F821
+    import json
+
+    console.print(f"[bold]{summary.path}[/bold]: format [cyan]{summary.format}[/cyan], kind {summary.kind}")
+    console.print(f"valid: [green]{summary.valid}[/green]   quarantined: [{'red' if summary.quarantined else 'green'}]{summary.quarantined}[/]")
+    console.print("\n[bold]schema[/bold]", highlight=False)
+    console.print(summary.schema, highlight=False, markup=False)
+    for row in summary.sample:
+        console.print("\n[bold]sample row[/bold]")
+        console.print(json.dumps(row, indent=1, ensure_ascii=False, default=str)[:4000], highlight=False, markup=False)
+    if summary.quarantined:
+        table = Table(title="quarantined by reason")
+        table.add_column("reason")
+        table.add_column("records", justify="right")
+        for reason, n in summary.by_reason.items():
+            table.add_row(reason, str(n))
+        console.print(table)
+        ex = Table(title="examples")
+        for col in ("source", "position", "field", "reason"):
+            ex.add_column(col, overflow="fold")
+        for row in summary.quarantine_examples:
+            ex.add_row(*(str(row[c]) for c in ("source", "position", "field", "reason")))
+        console.print(ex)
+        if summary.quarantine_out:
+            console.print(f"quarantine written to {summary.quarantine_out}")
+        else:
+            console.print("write all quarantined records with --quarantine-out FILE")
+
+
 register_config("world", "edray.world.config:WorldConfig")
 
 
@@ -130,6 +203,66 @@ def world_generate(
     cfg = load_stage_config("world", config, overrides)
     path = job.run(cfg, out, force=force)
     console.print(f"world written to {path}")
+
+
+# --- index ---------------------------------------------------------------------------------------------
+register_config("index", "edray.index.config:IndexConfig")
+
+
+@app.command("index")
+def index(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Annotate the supporting pool's skills with the teacher, embed it and store it in LanceDB
+    (vector + BM25 indexes). Incremental: re-running on a grown pool indexes only the new rows."""
+    from edray.index import job
+    from edray.rundir import new_run_dir
+
+    cfg = load_stage_config("index", config, set_)
+    path = job.run(cfg, run_dir or new_run_dir(), force=force)
+    console.print(f"index written to {path}")
+
+
+# --- diagnose / select ---------------------------------------------------------------------------
+register_config("diagnose", "edray.diagnose.config:DiagnoseConfig")
+register_config("select", "edray.select.config:SelectConfig")
+
+
+@app.command("diagnose")
+def diagnose(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Find the student's mistakes on the validation set: answer in steps, locate the first wrong step
+    (answer switch), name the missing skill, cluster skills into capability gaps."""
+    from edray.diagnose import job
+    from edray.rundir import new_run_dir
+
+    cfg = load_stage_config("diagnose", config, set_)
+    path = job.run(cfg, run_dir or new_run_dir(), force=force)
+    console.print(f"diagnose written to {path}")
+
+
+@app.command("select")
+def select(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Select supporting samples for the missing skills (BM25, dense or hybrid), filled to a budget with
+    provenance; or a baseline at the same budget (random, insta, full, validation)."""
+    from edray.rundir import new_run_dir
+    from edray.select import job
+
+    cfg = load_stage_config("select", config, set_)
+    path = job.run(cfg, run_dir or new_run_dir(), force=force)
+    console.print(f"selection written to {path}")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from edray.config import EdrayModel
+from edray.serve.config import ClientConfig
 
 DEFAULT_STUDENT_TEMPLATES = {
     "default": (
@@ -23,6 +24,9 @@ DEFAULT_STUDENT_TEMPLATES = {
         "Answer by reasoning in numbered steps ('Step 1:', 'Step 2:', ...) and end with 'Answer:' "
         "followed by your final answer."
     ),
+    # Questions that already list their options and whose model was trained to answer in steps (the
+    # skills world's student knows only the world's vocabulary): the question alone.
+    "plain": "{question}",
     "qwen": (
         "{question}\n{options}\n"
         "Solve this step by step. Number the steps as 'Step 1:', 'Step 2:', ... and finish with a line "
@@ -79,30 +83,14 @@ DEFAULT_SKILL_EXAMPLES = [
 ]
 
 
-class ModelEndpoint(EdrayModel):
-    """A model reached through edray's OpenAI-compatible client."""
-
-    model: str = Field(..., min_length=1, max_length=512, description="Model name sent in each request.")
-    base_url: str = Field(
-        "http://127.0.0.1:8000/v1", min_length=1, max_length=4096, description="OpenAI-compatible endpoint."
-    )
-    api_key_env: str = Field(
-        "EDRAY_API_KEY", min_length=1, max_length=256, description="Environment variable holding the API key (if any)."
-    )
-    max_tokens: int = Field(256, ge=1, le=32768, description="Upper bound on generated tokens per reply.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
-    concurrency: int = Field(8, ge=1, le=4096, description="Requests in flight at once.")
-    timeout_s: float = Field(60.0, gt=0, le=3600, description="Timeout of one request.")
-    max_retries: int = Field(3, ge=0, le=100, description="Retries of a failed request (timeouts, 5xx, malformed).")
-    cache: bool = Field(True, description="Cache replies on disk so that an unchanged re-run makes no model calls.")
-
-
 class StudentConfig(EdrayModel):
     """The student's step-by-step rollout over the validation set (step 1)."""
 
-    endpoint: ModelEndpoint = Field(
-        default_factory=lambda: ModelEndpoint(model="student"), description="The student model to diagnose."
+    client: ClientConfig = Field(
+        default_factory=lambda: ClientConfig(model="student"),
+        description="How to reach the student to diagnose (in round k: the student tuned in round k−1).",
     )
+    max_tokens: int = Field(256, ge=1, le=32768, description="Upper bound on tokens per step-by-step reply.")
     family: str = Field("default", min_length=1, max_length=64, description="Key of the prompt template to use.")
     templates: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_STUDENT_TEMPLATES),
@@ -208,8 +196,17 @@ class DiagnoseConfig(EdrayModel):
     round: int = Field(0, ge=0, le=1000, description="Round index k: the student tuned in round k−1 is diagnosed.")
     limit: Optional[int] = Field(None, ge=1, le=10_000_000, description="Use only the first N validation rows.")
     student: StudentConfig = Field(default_factory=StudentConfig, description="The student and its prompt.")
-    teacher: ModelEndpoint = Field(
-        default_factory=lambda: ModelEndpoint(model="teacher"), description="The teacher (text-only)."
+    teacher: ClientConfig = Field(
+        default_factory=lambda: ClientConfig(model="teacher"), description="How to reach the teacher."
+    )
+    teacher_sees_images: bool = Field(
+        True, description="Send the sample's images with teacher queries (off for a text-only teacher)."
+    )
+    malformed_retries: int = Field(
+        2, ge=0, le=20, description="Re-asks of a teacher reply that cannot be read (with another seed)."
+    )
+    cache: bool = Field(
+        True, description="Cache model replies under <run-dir>/cache for clients that set no cache_dir."
     )
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Answer scoring.")
     locate: LocateConfig = Field(default_factory=LocateConfig, description="Mistake identification.")
