@@ -34,18 +34,21 @@ EOS_TOKEN = "<eos>"
 UNK_TOKEN = "<unk>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 NEWLINE = "\n"
+_SPACE = "\u2581"
+_SPECIAL_SPLIT = "(" + "|".join(re.escape(t) for t in (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, IMAGE_PLACEHOLDER, *ROLE_TOKENS.values(), NEWLINE)) + ")"
 
-# A turn is ``<|role|>`` + content + ``<eos>``; generation stops at ``<eos>`` after the assistant's
-# answer. Content may be a string holding ``<image>`` placeholders (edray's message schema) or a list
+# A turn is ``<|role|>`` + content + ``<eos>`` with no spaces added, so decoding restores the text
+# exactly; generation stops at ``<eos>`` after the assistant's answer. Content may be a string holding ``<image>`` placeholders (edray's message schema) or a list
 # of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts (the transformers convention).
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>' }}"
-    "{% if message['content'] is string %}{{ ' ' + message['content'] }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ ' <image>' }}"
-    "{% elif part['type'] == 'text' %}{{ ' ' + part['text'] }}{% endif %}"
+    "{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
     "{{ eos_token }}"
     "{% endfor %}"
@@ -132,26 +135,39 @@ def build_tokenizer(texts: Iterable[str], min_frequency: int = 1, model_max_leng
     Raises:
         ValueError: ``texts`` is empty.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     corpus = [t for t in texts if t]
     if not corpus:
         raise ValueError("build_tokenizer: no texts to learn a vocabulary from")
     specials = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, IMAGE_PLACEHOLDER, *ROLE_TOKENS.values()]
-    tok = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
     # Tabs and carriage returns become spaces; newlines are kept as their own token (step-by-step
     # answers are one step per line).
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"[\t\r]"), " ")])
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+    normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"[\t\r]"), " ")])
+    pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="first", split=True),
          pre_tokenizers.Punctuation(behavior="isolated")]
     )
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    counts: dict[str, int] = {}
+    skip = {*specials, NEWLINE}
+    for text in corpus:
+        for section in re.split(_SPECIAL_SPLIT, text):
+            if not section or section in skip:
+                continue
+            for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(section)):
+                counts[piece] = counts.get(piece, 0) + 1
+    words = {w for w, c in counts.items() if c >= min_frequency}
+    # Every word also without its leading-space marker (it appears so right after punctuation, as in
+    # "(A)"), and the bare marker itself: no word of the corpus can then become <unk>.
+    words |= {w[1:] for w in words if w.startswith(_SPACE) and len(w) > 1} | {_SPACE}
+    vocab = {tok: i for i, tok in enumerate([*specials, NEWLINE, *sorted(words - skip)])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.Metaspace(replacement=_SPACE, prepend_scheme="first", split=True)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     tok.add_tokens([AddedToken(NEWLINE, normalized=False)])
-    trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=min_frequency)
-    tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD_TOKEN,
@@ -332,3 +348,19 @@ def export_for_vllm(folder: str | Path) -> Path:
         index["weight_map"] = {legacy_key(k): v for k, v in index.get("weight_map", {}).items()}
         index_path.write_text(json.dumps(index, indent=2))
     return root
+
+
+def world_texts(n: int = 2000, seed: int = 0) -> list[str]:
+    """The skills world's tokenizer corpus: every word of :func:`edray.world.skills.vocabulary` (so no
+    world word is ever ``<unk>``) plus ``n`` representative prompts and answers.
+
+    Args:
+        n: representative texts to add (word frequencies, and so vocabulary order, follow them).
+        seed: corpus seed.
+
+    Returns:
+        Texts for :func:`build_tokenizer`.
+    """
+    from edray.world.skills import corpus_texts, vocabulary
+
+    return [*vocabulary(), *corpus_texts(n, seed)]

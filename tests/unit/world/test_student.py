@@ -1,0 +1,139 @@
+"""The tiny student: tokenizer, chat template, processor shapes, forward/backward, label masking."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from edray.train.core import IGNORE_INDEX, collate_rows, mean_answer_loss
+from edray.world.student import (
+    EOS_TOKEN,
+    StudentConfig,
+    build_processor,
+    build_student,
+    build_tokenizer,
+    legacy_key,
+)
+
+TEXTS = [
+    "<image>\nWhat color is the square?",
+    "Step 1: The square is red.\nAnswer: red",
+    "<image>\nIs there a blue circle? Answer yes or no.",
+    "Step 1: There is no blue circle.\nAnswer: no",
+    "<image>\nHow many objects are there? (A) 1 (B) 2 (C) 3",
+    "Answer: B",
+]
+
+
+def _png(color: tuple[int, int, int], size: int = 32) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _row(i: int, question: str, answer: str) -> dict:
+    return {
+        "id": f"r{i}",
+        "images": [_png((40 * i % 255, 0, 0))],
+        "messages": [{"role": "user", "content": f"<image>\n{question}"}, {"role": "assistant", "content": answer}],
+    }
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_student(tmp_path_factory.mktemp("student"), StudentConfig.ci(), TEXTS)
+
+
+def test_tokenizer_round_trips_text_with_image_placeholder(tokenizer):
+    for text in ["<image>\nWhat color is the square?", "Step 1: The square is red.\nAnswer: red", "(A) 1 (B) 2"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids) == text
+    ids = tokenizer("<image><image>", add_special_tokens=False)["input_ids"]
+    assert ids == [tokenizer.convert_tokens_to_ids("<image>")] * 2
+
+
+def test_tokenizer_unknown_word_becomes_unk(tokenizer):
+    ids = tokenizer("What color is the zebra?", add_special_tokens=False)["input_ids"]
+    assert ids.count(tokenizer.unk_token_id) == 1
+
+
+def test_tokenizer_rejects_empty_corpus():
+    with pytest.raises(ValueError, match="no texts"):
+        build_tokenizer(["", ""])
+
+
+def test_chat_template_renders_roles_and_generation_prompt(tokenizer):
+    msgs = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "<image>\nWhat color is the square?"}]
+    prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert prompt == "<bos><|system|>Answer briefly.<eos><|user|><image>\nWhat color is the square?<eos><|assistant|>"
+    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": "red"}], tokenize=False)
+    assert full.startswith(prompt) and full.endswith("red" + EOS_TOKEN)
+    parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is the square?"}]}]
+    assert tokenizer.apply_chat_template(parts, tokenize=False) == "<bos><|user|><image>\nWhat color is the square?<eos>"
+
+
+def test_processor_expands_image_to_configured_token_count(tokenizer):
+    cfg = StudentConfig(image_size=32, patch_size=8)
+    proc = build_processor(cfg, tokenizer)
+    img = Image.new("RGB", (50, 40), (255, 0, 0))
+    enc = proc(text=["<image>\nWhat color is the square?"], images=[img], return_tensors="pt")
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert int((enc["input_ids"] == image_id).sum()) == cfg.image_tokens == 16
+    assert tuple(enc["pixel_values"].shape) == (1, 3, 32, 32)
+
+
+def test_config_rejects_head_size_below_32_and_misaligned_patches():
+    with pytest.raises(ValueError, match="head size"):
+        StudentConfig(text_hidden=64, text_heads=4)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        StudentConfig(image_size=30, patch_size=8)
+
+
+def test_saved_folder_uses_layout_both_loaders_read(tiny_dir):
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_dir / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("vision_tower.vision_model.") for k in keys)
+    assert any(k.startswith("language_model.model.layers.") for k in keys)
+    assert "language_model.lm_head.weight" in keys
+    assert not any(k.startswith("model.") for k in keys)
+    assert legacy_key("model.vision_tower.encoder.layers.0.mlp.fc1.weight") == "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"
+    assert legacy_key("vision_tower.vision_model.post_layernorm.bias") == "vision_tower.vision_model.post_layernorm.bias"
+
+
+def test_folder_loads_and_trains_one_step_with_answer_only_labels(tiny_dir):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(tiny_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir)
+    fresh = build_student(tiny_dir.parent / "again", StudentConfig.ci(), TEXTS)
+    again = AutoModelForImageTextToText.from_pretrained(fresh)
+    # Same config and seed give the same weights, and every saved weight was loaded (not re-initialized).
+    for (name, p), (_, q) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(p, q), name
+    rows = [_row(1, "What color is the square?", "red"), _row(2, "How many objects are there? (A) 1 (B) 2", "Step 1: There is no blue circle.\nAnswer: B")]
+    batch = collate_rows(proc, rows)
+    labels, ids = batch["labels"], batch["input_ids"]
+    tok = proc.tokenizer
+    for i, answer in enumerate(["red", "Step 1: There is no blue circle.\nAnswer: B"]):
+        kept = ids[i][labels[i] != IGNORE_INDEX].tolist()
+        assert tok.decode(kept) == answer + EOS_TOKEN
+    assert (labels[ids == tok.convert_tokens_to_ids("<image>")] == IGNORE_INDEX).all()
+    model.train()
+    out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    loss = mean_answer_loss(out.logits, labels)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert any("vision_tower" in n and g.abs().sum() > 0 for n, g in grads.items())
+    assert any("lm_head" in n and g.abs().sum() > 0 for n, g in grads.items())
+    assert torch.isfinite(loss) and loss.item() > 0
