@@ -34,51 +34,63 @@ DEFAULT_STUDENT_TEMPLATES = {
     ),
 }
 
+# The teacher prompts follow the wording documented in docs/diagnose.md, which any chat model answers as
+# is (and which the skills world's teacher reads back).
+DEFAULT_LOCATE_SYSTEM = (
+    "You are a careful judge of visual reasoning. You see an image, a multiple-choice question and "
+    "a student's reasoning so far. Decide which option is correct given the image and the reasoning."
+)
 DEFAULT_LOCATE_TEMPLATE = (
     "Question: {question}\n"
     "Options:\n{options}\n"
     "Hint: {prior}\n"
     "Reasoning so far:\n{steps}\n"
-    "Given the reasoning so far, which option is correct? Reply with one letter ({letters})."
+    "Which option is correct? Reply with the option letter only."
 )
+DEFAULT_PRIOR_TEMPLATE = "option {letter} has a {percent}% chance of being right."
 
+DEFAULT_VERDICT_SYSTEM = (
+    "You are a careful judge of visual reasoning. You see an image, a question with its correct answer "
+    "and a student's reasoning. Judge whether the last step shown is correct."
+)
 DEFAULT_VERDICT_TEMPLATE = (
     "Question: {question}\n"
     "Correct answer: {gold}\n"
     "Previous steps:\n{previous}\n"
-    "Step {step_index}: {step}\n"
-    "Is step {step_index} correct? Reply yes or no."
+    "Step to judge: {step}\n"
+    "Is this step correct? Reply yes or no."
 )
 
+DEFAULT_SKILL_SYSTEM = (
+    "You diagnose a student's mistakes on visual questions. Given a question, its correct answer and "
+    "the first erroneous step of the student's reasoning, name the one visual skill the student is "
+    "missing, as a short phrase.\n\n{examples}"
+)
 DEFAULT_SKILL_TEMPLATE = (
-    "A student answered a question wrongly. Name the one skill the student is missing, as a short phrase.\n\n"
-    "{examples}\n\n"
     "Question: {question}\n"
     "Correct answer: {gold}\n"
     "Erroneous step: {step}\n"
-    "Skill:"
+    "Which skill is the student missing? Reply with a short phrase."
 )
-
 DEFAULT_SKILL_EXAMPLE_TEMPLATE = "Question: {question}\nCorrect answer: {gold}\nErroneous step: {step}\nSkill: {skill}"
-
 DEFAULT_SKILL_EXAMPLES = [
     {
-        "question": "How many apples are on the table?",
-        "gold": "4",
-        "step": "I count three apples: one on the left, two on the right.",
+        "question": "What does the sign say?",
+        "gold": "stop",
+        "step": "The sign says slow.",
+        "skill": "reading text in images",
+    },
+    {
+        "question": "How many birds are on the wire?",
+        "gold": "3",
+        "step": "There are 5 birds on the wire.",
         "skill": "counting objects",
     },
     {
-        "question": "What colour is the car next to the tree?",
-        "gold": "blue",
-        "step": "The red car is next to the tree.",
-        "skill": "binding colours to objects",
-    },
-    {
-        "question": "Is the cup on the left side of the image?",
+        "question": "Is the cup to the left of the plate?",
         "gold": "no",
-        "step": "The cup is at the left edge of the picture.",
-        "skill": "locating objects in the image",
+        "step": "The cup is on the left side.",
+        "skill": "spatial relations",
     },
 ]
 
@@ -138,19 +150,37 @@ class LocateConfig(EdrayModel):
     fallback: Literal["largest_increase", "last_step", "first_step"] = Field(
         "largest_increase", description="Step chosen when no step qualifies (recorded as fallback_<rule>)."
     )
-    template: str = Field(DEFAULT_LOCATE_TEMPLATE, min_length=1, description="Answer-switch prompt; see docs/diagnose.md.")
-    verdict_template: str = Field(
-        DEFAULT_VERDICT_TEMPLATE, min_length=1, description="Per-step 'is this step correct?' prompt (ask_per_step)."
+    system: str = Field(DEFAULT_LOCATE_SYSTEM, description="System message of the answer-switch prompt (empty: none).")
+    template: str = Field(
+        DEFAULT_LOCATE_TEMPLATE,
+        min_length=1,
+        description="Answer-switch user turn; fields {question}, {options}, {prior}, {steps}, {letters}.",
     )
-    top_logprobs: int = Field(10, ge=2, le=20, description="Alternatives read per generated token.")
-    max_tokens: int = Field(4, ge=1, le=64, description="Tokens generated per answer-switch query.")
+    prior_template: str = Field(
+        DEFAULT_PRIOR_TEMPLATE, min_length=1, description="The prior sentence; fields {letter}, {percent}."
+    )
+    verdict_system: str = Field(DEFAULT_VERDICT_SYSTEM, description="System message of the per-step verdict prompt.")
+    verdict_template: str = Field(
+        DEFAULT_VERDICT_TEMPLATE,
+        min_length=1,
+        description="Per-step 'is this step correct?' prompt (ask_per_step); fields {question}, {gold}, {previous}, "
+        "{step}, {step_index}.",
+    )
+    top_logprobs: int = Field(5, ge=2, le=20, description="Alternatives read per generated token.")
+    max_tokens: int = Field(1, ge=1, le=64, description="Tokens generated per answer-switch query.")
+    verdict_max_tokens: int = Field(4, ge=1, le=64, description="Tokens generated per verdict query.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the option order of open-ended questions and of random.")
 
 
 class SkillConfig(EdrayModel):
     """Skill analysis: one missing-skill phrase per error (step 3)."""
 
-    template: str = Field(DEFAULT_SKILL_TEMPLATE, min_length=1, description="Few-shot prompt; fields {examples}, {question}, {gold}, {step}.")
+    system: str = Field(
+        DEFAULT_SKILL_SYSTEM, description="System message holding the few-shot examples; field {examples}."
+    )
+    template: str = Field(
+        DEFAULT_SKILL_TEMPLATE, min_length=1, description="Skill-analysis user turn; fields {question}, {gold}, {step}."
+    )
     example_template: str = Field(
         DEFAULT_SKILL_EXAMPLE_TEMPLATE, min_length=1, description="How one example is rendered into {examples}."
     )

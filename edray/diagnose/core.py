@@ -6,6 +6,7 @@ around the model client.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -123,36 +124,43 @@ def render_locate_prompt(
     options: Options,
     steps: Sequence[str],
     prior_strength: float,
+    prior_template: str = "option {letter} has a {percent}% chance of being right.",
 ) -> str:
-    """The answer-switch prompt for one prefix of the student's steps.
+    """The answer-switch user turn for one prefix of the student's steps (METHOD.md §1 step 2).
 
-    Template fields: ``{question}``, ``{options}`` (``A. …`` lines), ``{prior}`` (the sentence favouring
-    the gold option), ``{gold_letter}``, ``{prior_percent}``, ``{steps}`` (``Step i: …`` lines, possibly
-    empty), ``{letters}`` (``A, B, C``).
+    Template fields: ``{question}``, ``{options}`` (``A. …`` lines), ``{prior}`` (``prior_template`` with
+    ``{letter}`` = the gold option and ``{percent}`` = the prior strength in percent), ``{steps}``
+    (``Step i: …`` lines, possibly none), ``{letters}`` (``A, B, C``).
     """
     gold_letter = options.letters[options.gold]
-    percent = f"{round(prior_strength * 100):d}"
-    prior = f"Option {gold_letter} has a {percent}% chance of being right."
-    steps_text = "\n".join(f"Step {i}: {s}" for i, s in enumerate(steps, start=1))
+    prior = _fill(prior_template, {"letter": gold_letter, "percent": percent_text(prior_strength)})
+    steps_text = "\n".join(f"Step {i}: {_one_line(s)}" for i, s in enumerate(steps, start=1))
     fields = {
-        "question": question,
+        "question": question.strip(),
         "options": format_options(options.texts),
         "prior": prior,
-        "gold_letter": gold_letter,
-        "prior_percent": percent,
         "steps": steps_text,
         "letters": ", ".join(options.letters),
     }
-    return _fill(template, fields)
+    text = _fill(template, fields)
+    # No steps yet: drop the empty line the {steps} field leaves.
+    return re.sub(r"\n{2,}", "\n", text) if not steps else text
+
+
+def percent_text(p: float) -> str:
+    """``0.6`` → ``"60"``, ``0.655`` → ``"65.5"``."""
+    v = round(p * 100, 1)
+    return str(int(v)) if v == int(v) else str(v)
 
 
 def render_verdict_prompt(template: str, question: str, gold: str, steps: Sequence[str]) -> str:
-    """The per-step "is this step correct?" prompt (fields ``{question}``, ``{gold}``, ``{previous}``,
-    ``{step}``, ``{step_index}``)."""
-    previous = "\n".join(f"Step {i}: {s}" for i, s in enumerate(steps[:-1], start=1))
+    """The per-step "is this step correct?" prompt for the last of ``steps`` (fields ``{question}``,
+    ``{gold}``, ``{previous}``, ``{step}``, ``{step_index}``)."""
+    previous = "\n".join(f"Step {i}: {_one_line(s)}" for i, s in enumerate(steps[:-1], start=1)) or "(none)"
     return _fill(
         template,
-        {"question": question, "gold": gold, "previous": previous, "step": steps[-1], "step_index": str(len(steps))},
+        {"question": question.strip(), "gold": gold, "previous": previous, "step": _one_line(steps[-1]),
+         "step_index": str(len(steps))},
     )
 
 
@@ -160,20 +168,28 @@ def render_verdict_prompt(template: str, question: str, gold: str, steps: Sequen
 
 
 def render_skill_prompt(
+    system_template: str,
     template: str,
     example_template: str,
     examples: Sequence[dict[str, str]],
     question: str,
     gold: str,
     step: str,
-) -> str:
-    """The few-shot skill-analysis prompt.
+) -> tuple[str, str]:
+    """The few-shot skill-analysis prompt as ``(system, user)`` (METHOD.md §1 step 3).
 
-    Each example (keys ``question``, ``gold``, ``step``, ``skill``) is rendered with ``example_template``
-    and joined into ``{examples}``; the query fills ``{question}``, ``{gold}`` and ``{step}``.
+    Each example (keys ``question``, ``gold``, ``step``, ``skill``) is rendered with ``example_template``;
+    the examples fill ``{examples}`` of the system message; the query fills ``{question}`` (on one line),
+    ``{gold}`` and ``{step}`` of the user turn.
     """
     shots = "\n\n".join(_fill(example_template, {k: str(v) for k, v in ex.items()}) for ex in examples)
-    return _fill(template, {"examples": shots, "question": question, "gold": gold, "step": step})
+    system = _fill(system_template, {"examples": shots}).strip()
+    user = _fill(template, {"question": _one_line(question), "gold": gold.strip(), "step": _one_line(step)})
+    return system, user
+
+
+def _one_line(text: str) -> str:
+    return " ".join(strip_images(text).split())
 
 
 _SKILL_PREFIX = re.compile(r"^\s*(?:[-*#>\d.)\s]*)(?:the\s+)?(?:missing\s+)?skill\s*(?:missing)?\s*[:：\-–]\s*", re.I)
@@ -187,6 +203,18 @@ def parse_skill(text: str | None, max_words: int) -> str | None:
     """
     if not text:
         return None
+    stripped = str(text).strip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError:
+            data = None
+        value = data.get("skill", data.get("skills")) if isinstance(data, dict) else None
+        if isinstance(value, list):
+            value = value[0] if value else None
+        text = value if isinstance(value, str) else None
+        if not text:
+            return None
     lines = [ln for ln in str(text).replace("\r", "").split("\n") if ln.strip()]
     chosen = next((ln for ln in lines if _SKILL_PREFIX.match(ln)), lines[0] if lines else "")
     phrase = _SKILL_PREFIX.sub("", chosen)

@@ -94,12 +94,16 @@ def _payload(
     max_tokens: int,
     logprobs: int = 0,
     seed: int | None = None,
+    system: str = "",
 ) -> dict[str, Any]:
+    """Keyword arguments of one :meth:`ModelClient.chat` call (images inline, before the text)."""
     from edray.serve.core import user_message
 
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append(user_message(core.strip_images(text), list(images)))
     body: dict[str, Any] = {
         "model": model,
-        "messages": [user_message(core.strip_images(text), list(images))],
+        "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0.0,
     }
@@ -112,21 +116,20 @@ def _payload(
 
 
 def _to_reply(result: Any) -> Reply:
-    """Normalize a client result (or failure) into a :class:`Reply`."""
+    """Normalize a client :class:`Result` or :class:`Failure` into a :class:`Reply`."""
     from edray.serve.client import Failure
 
     if isinstance(result, Failure):
-        return Reply(None, failure=f"{result.kind}: {result.message}" if hasattr(result, "kind") else str(result))
-    tokens = []
-    for tok in getattr(result, "logprobs", None) or []:
-        tokens.append((tok.token, tok.logprob, [(t, v) for t, v in tok.top]))
+        status = f", status {result.status}" if result.status is not None else ""
+        return Reply(None, failure=f"{result.reason} (after {result.attempts} attempts{status})")
+    tokens = [(t.token, t.logprob, [(a, v) for a, v in t.top]) for t in result.logprobs or []]
     return Reply(result.text, tokens)
 
 
 async def _ask(client: Any, payloads: list[dict[str, Any]]) -> list[Reply]:
     if not payloads:
         return []
-    results = await client.chat_many(payloads)
+    results = await client.achat_many(payloads, progress=False)
     return [_to_reply(r) for r in results]
 
 
@@ -243,10 +246,10 @@ async def locate_errors(teacher: Any, cases: list[ErrorCase], config: DiagnoseCo
             continue
         for n in range(len(case.steps) + 1):
             text = core.render_locate_prompt(
-                lc.template, core.question_text(case.row["messages"]), case.options, case.steps[:n], lc.prior_strength
+                lc.template, _teacher_question(case), case.options, case.steps[:n], lc.prior_strength, lc.prior_template
             )
             jobs.append((ci, n))
-            payloads.append(_teacher_payload(config, text, case.row, lc.max_tokens, lc.top_logprobs))
+            payloads.append(_teacher_payload(config, text, case.row, lc.max_tokens, lc.top_logprobs, lc.system))
     letters_of = [c.options.letters if c.options else () for c in cases]
     readers = [lambda r, letters=letters_of[ci]: locate.option_probs(r.tokens, letters) for ci, _ in jobs]
     results = await _ask_until_readable(teacher, payloads, readers, config.malformed_retries)
@@ -284,11 +287,9 @@ async def _locate_per_step(teacher: Any, cases: list[ErrorCase], config: Diagnos
     jobs, payloads = [], []
     for ci, case in enumerate(cases):
         for n in range(1, len(case.steps) + 1):
-            text = core.render_verdict_prompt(
-                lc.verdict_template, core.question_text(case.row["messages"]), _gold_text(case), case.steps[:n]
-            )
+            text = core.render_verdict_prompt(lc.verdict_template, _teacher_question(case), _gold_text(case), case.steps[:n])
             jobs.append((ci, n))
-            payloads.append(_teacher_payload(config, text, case.row, lc.max_tokens, 0))
+            payloads.append(_teacher_payload(config, text, case.row, lc.verdict_max_tokens, 0, lc.verdict_system))
     readers = [lambda r: locate.parse_verdict(r.text)] * len(payloads)
     results = await _ask_until_readable(teacher, payloads, readers, config.malformed_retries)
     verdicts: dict[int, dict[int, bool | None]] = {}
@@ -303,15 +304,22 @@ async def _locate_per_step(teacher: Any, cases: list[ErrorCase], config: Diagnos
 
 
 def _gold_text(case: ErrorCase) -> str:
-    """The gold answer in words (option text for multiple choice)."""
+    """The gold answer in words (the option text for multiple choice)."""
     if case.options is not None and not case.options.open_ended:
-        return f"{case.options.letters[case.options.gold]}. {case.options.texts[case.options.gold]}"
+        return case.options.texts[case.options.gold]
     return str(case.row["answer"])
 
 
-def _teacher_payload(config: DiagnoseConfig, text: str, row: dict[str, Any], max_tokens: int, top: int) -> dict[str, Any]:
+def _teacher_question(case: ErrorCase) -> str:
+    """The question as the teacher reads it: the user turns without image placeholders."""
+    return core.strip_images(core.question_text(case.row["messages"]))
+
+
+def _teacher_payload(
+    config: DiagnoseConfig, text: str, row: dict[str, Any], max_tokens: int, top: int, system: str
+) -> dict[str, Any]:
     images = (row["images"] or []) if config.teacher_sees_images else []
-    return _payload(config.teacher.model, text, images, max_tokens, logprobs=top)
+    return _payload(config.teacher.model, text, images, max_tokens, logprobs=top, system=system)
 
 
 async def analyze_skills(teacher: Any, cases: list[ErrorCase], config: DiagnoseConfig) -> None:
@@ -320,11 +328,11 @@ async def analyze_skills(teacher: Any, cases: list[ErrorCase], config: DiagnoseC
     todo = [c for c in cases if c.located is not None and c.located.step is not None]
     payloads = []
     for case in todo:
-        text = core.render_skill_prompt(
-            sc.template, sc.example_template, sc.examples, core.strip_images(core.question_text(case.row["messages"])),
+        system, text = core.render_skill_prompt(
+            sc.system, sc.template, sc.example_template, sc.examples, _teacher_question(case),
             _gold_text(case), case.steps[case.located.step - 1],
         )
-        payloads.append(_teacher_payload(config, text, case.row, sc.max_tokens, 0))
+        payloads.append(_teacher_payload(config, text, case.row, sc.max_tokens, 0, system))
     readers = [lambda r: core.parse_skill(r.text, sc.max_words)] * len(payloads)
     results = await _ask_until_readable(teacher, payloads, readers, config.malformed_retries)
     for case, (reply, skill) in zip(todo, results):
@@ -429,7 +437,7 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
         config: the validated stage config.
         run_dir: the run directory; output goes to ``round_<k>/diagnose``.
         force: re-run even when a completed output matches.
-        student: a client with ``chat_many`` to use instead of one built from ``config.student.client``.
+        student: a client with ``achat_many`` to use instead of one built from ``config.student.client``.
         teacher: likewise for the teacher.
 
     Returns:
@@ -449,20 +457,13 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
     stage.clean_stale()
     rows = read_validation(config.validation, config.task, config.limit)
     started = time.time()
-    own_student = student is None
-    own_teacher = teacher is None
     student = student or ModelClient(_client_config(config.student.client, run_dir, config.cache))
     teacher = teacher or ModelClient(_client_config(config.teacher, run_dir, config.cache))
 
     def error_id(c: ErrorCase) -> str:
         return f"r{config.round}:{c.answer['id']}"
 
-    try:
-        answers, cases = asyncio.run(diagnose(student, teacher, rows, config))
-    finally:
-        for client, own in ((student, own_student), (teacher, own_teacher)):
-            if own and hasattr(client, "close"):
-                _close(client)
+    answers, cases = asyncio.run(diagnose(student, teacher, rows, config))
     gaps = find_gaps(cases, config, error_id)
     with stage.commit(config, fp, inputs=[config.validation]) as tmp:
         pq.write_table(pa.Table.from_pylist(answers, schema=ANSWERS_SCHEMA), tmp / ANSWERS)
@@ -488,12 +489,15 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
                 "accuracy": (sum(a["correct"] for a in answers) / len(answers)) if answers else 0.0,
                 "methods": methods,
                 "wall_s": round(time.time() - started, 3),
+                "student_calls": _stats(student),
+                "teacher_calls": _stats(teacher),
             }
         )
     return stage.path
 
 
-def _close(client: Any) -> None:
-    result = client.close()
-    if asyncio.iscoroutine(result):
-        asyncio.run(result)
+
+def _stats(client: Any) -> dict[str, int]:
+    """Request accounting of a client (requests made, cache hits, retries, failures), if it keeps any."""
+    stats = getattr(client, "stats", None)
+    return stats.as_dict() if stats is not None and hasattr(stats, "as_dict") else {}

@@ -63,16 +63,52 @@ def test_question_and_prompts() -> None:
 def test_locate_prompt_states_the_gold_prior() -> None:
     opts = build_options("blue", "red", "multiple_choice", ["red", "blue"], key="k")
     text = render_locate_prompt("{question}|{options}|{prior}|{steps}|{letters}", "Q {x}?", opts, ["s1", "s2"], 0.6)
-    assert text == "Q {x}?|A. red\nB. blue|Option B has a 60% chance of being right.|Step 1: s1\nStep 2: s2|A, B"
+    assert text == "Q {x}?|A. red\nB. blue|option B has a 60% chance of being right.|Step 1: s1\nStep 2: s2|A, B"
+    assert "65.5%" in render_locate_prompt("{prior}", "Q", opts, [], 0.655)
+
+
+def test_default_prompts_follow_the_documented_wording() -> None:
+    # The skills world's teacher reads the documented wording back; the defaults must match it.
+    from edray.diagnose.config import DiagnoseConfig
+    from edray.world.teacher_prompts import (
+        build_answer_switch_messages,
+        parse_answer_switch_prompt,
+        parse_skill_prompt,
+    )
+
+    cfg = DiagnoseConfig(validation="unused")
+    opts = build_options("B", "A", "multiple_choice", ["left", "right"], key="k")
+    for steps in ([], ["There is a red square.", "The red square is in the left column."]):
+        text = render_locate_prompt(cfg.locate.template, "Where is it?", opts, steps, 0.6, cfg.locate.prior_template)
+        parsed = parse_answer_switch_prompt(text)
+        assert parsed is not None
+        assert (parsed.question, parsed.options, parsed.hint_letter, parsed.steps) == (
+            "Where is it?", ("left", "right"), "B", tuple(steps)
+        )
+        reference = build_answer_switch_messages("Where is it?", ["left", "right"], "B", 0.6, steps, with_image=False)
+        assert text == reference[1]["content"]
+        assert cfg.locate.system == reference[0]["content"]
+    system, user = render_skill_prompt(
+        cfg.skill.system, cfg.skill.template, cfg.skill.example_template, cfg.skill.examples,
+        "<image>\nWhere is\nit?", "left", "The square is on the right.",
+    )
+    parsed = parse_skill_prompt(user)
+    assert parsed is not None and parsed.question == "Where is it?" and parsed.correct_answer == "left"
+    assert "Skill: counting objects" in system
 
 
 def test_skill_prompt_and_parse() -> None:
     examples = [{"question": "q1", "gold": "g1", "step": "s1", "skill": "counting"}]
-    text = render_skill_prompt("{examples}\n--\n{question}/{gold}/{step}", "{question}:{skill}", examples, "Q", "G", "S")
-    assert text == "q1:counting\n--\nQ/G/S"
+    system, user = render_skill_prompt(
+        "Shots:\n{examples}", "{question}/{gold}/{step}", "{question}:{skill}", examples, "Q\nR", "G", "S"
+    )
+    assert system == "Shots:\nq1:counting" and user == "Q R/G/S"
     assert parse_skill("Skill: counting objects.", 8) == "counting objects"
     assert parse_skill('"spatial reasoning"\nmore text', 8) == "spatial reasoning"
     assert parse_skill("Sure.\nMissing skill: colour binding", 8) == "colour binding"
+    assert parse_skill('{"skill": "telling left from right"}', 8) == "telling left from right"
+    assert parse_skill('{"skills": []}', 8) is None
+    assert parse_skill("{not json", 8) is None  # broken JSON is malformed output: re-asked, then recorded
     assert parse_skill("a b c d e f", 3) == "a b c"
     assert parse_skill("   \n ", 5) is None
     assert parse_skill(None, 5) is None
