@@ -11,6 +11,7 @@ comes from the caller's ``random.Random``.
 from __future__ import annotations
 
 import random
+import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -254,7 +255,7 @@ def _compare(rng: random.Random, cfg: SceneConfig, attr: str) -> Question:
     if attr == "color":
         slots = {"group_a": f"{a} objects", "group_b": f"{b} objects", "color_a": a, "color_b": b}
     else:
-        slots = {"group_a": SHAPE_PLURALS[a], "group_b": SHAPE_PLURALS[b], "shape_a": a, "shape_b": b}
+        slots = {"shapes_a": SHAPE_PLURALS[a], "shapes_b": SHAPE_PLURALS[b], "shape_a": a, "shape_b": b}
     return Question(scene, slots, steps, _yes_no(na > nb), "yes_no", ["yes", "no"])
 
 
@@ -480,9 +481,9 @@ _SOURCE_WORDINGS: dict[str, list[tuple[str, str]]] = {
         ("Do {color_a} items outnumber {color_b} items? Show your steps.", "steps"),
     ],
     "compare_shape": [
-        ("Are there more {group_a} than {group_b}?", "brief"),
-        ("Compare the counts: are {group_a} more numerous than {group_b}? Reason step by step.", "steps"),
-        ("Is the number of {group_a} greater than the number of {group_b}? Show your steps.", "steps"),
+        ("Are there more {shapes_a} than {shapes_b} in the image?", "brief"),
+        ("Compare the numbers: are {shapes_a} more frequent than {shapes_b}? Reason step by step.", "steps"),
+        ("Is the number of {shapes_a} greater than the number of {shapes_b}? Show your steps.", "steps"),
     ],
     "color_in_column": [
         ("What color is the object in the {column} column?", "brief"),
@@ -685,3 +686,81 @@ def template_texts() -> Iterator[str]:
     for tpl in templates:
         yield " ".join(lit for lit, _, _, _ in fmt.parse(tpl))
     yield f"Options: {MC_INSTRUCTION} Step 1: Answer:"
+
+
+# --- recognizing a task from its wording (used by the world teacher) -----------------------------
+
+_SLOT_PATTERNS: dict[str, str] = {}
+
+
+def _slot_patterns() -> dict[str, str]:
+    if not _SLOT_PATTERNS:
+        colors, shapes = "|".join(COLORS), "|".join(SHAPES)
+        plurals = "|".join(SHAPE_PLURALS.values())
+        cols = "|".join(sorted({c for g in (2, 3, 4) for c in column_names(g)}))
+        desc = rf"(?:(?:{colors}) )?(?:{shapes}|object)"  # targets never name a size
+        group = rf"(?:(?:{colors}) objects)"
+        _SLOT_PATTERNS.update(
+            target=desc, color=colors, shape=shapes, shapes=plurals, group_a=group, group_b=group,
+            shapes_a=plurals, shapes_b=plurals,
+            color_a=colors, color_b=colors, shape_a=shapes, shape_b=shapes, column=cols,
+        )
+    return _SLOT_PATTERNS
+
+
+_TASK_PATTERNS: list[tuple[re.Pattern[str], str]] = []
+
+
+def _task_patterns() -> list[tuple[re.Pattern[str], str]]:
+    if not _TASK_PATTERNS:
+        slots = _slot_patterns()
+        fmt = string.Formatter()
+        for name, tpl in [(t.name, t.template) for t in SOURCE_TASKS] + [(t.name, t.template) for t in TARGET_TASKS]:
+            parts = []
+            for lit, slot, _, _ in fmt.parse(tpl):
+                parts.append(_literal_pattern(lit))
+                if slot:
+                    parts.append(f"(?:{slots[slot]})")
+            pattern = "".join(parts)
+            # Evaluation prompts may end with an options block and the multiple-choice instruction.
+            full = rf"^\s*{pattern}(?:\s+Options:.*)?\s*$"
+            _TASK_PATTERNS.append((re.compile(full, re.IGNORECASE | re.DOTALL), name))
+    return _TASK_PATTERNS
+
+
+def _literal_pattern(lit: str) -> str:
+    out = []
+    for tok in re.split(r"(\s+)", lit):
+        if not tok:
+            continue
+        if tok.isspace():
+            out.append(r"\s+")
+        elif tok == "a":
+            out.append("an?")  # fix_articles may have turned "a" into "an"
+        else:
+            out.append(re.escape(tok))
+    return "".join(out)
+
+
+def identify_task(text: str) -> str | None:
+    """The source or target task whose wording a question text follows, or ``None``.
+
+    Args:
+        text: the user turn (the image placeholder and a trailing options block are allowed).
+    """
+    t = " ".join(text.replace("<image>", " ").split())
+    for pattern, name in _task_patterns():
+        if pattern.match(t):
+            return name
+    return None
+
+
+def task_skills(name: str) -> tuple[str, ...]:
+    """Skills of a source or target task.
+
+    Raises:
+        KeyError: unknown task.
+    """
+    if name in SOURCE_TASK_BY_NAME:
+        return SOURCE_TASK_BY_NAME[name].skills
+    return TARGET_TASK_BY_NAME[name].skills
