@@ -162,3 +162,43 @@ WORLD_POOL_LANCE = "pool.lance"
 WORLD_EVAL_DIR = "eval"
 WORLD_INFO = "world.json"
 WORLD_GENERAL_SUITE = "general"
+
+# --- evaluate ---
+# Inside runs/<run>/round_<k>/evaluate/: one prediction per (model, suite, sample) and the accuracy
+# tables. suite = "target" (the target task's test split) or "general" (the retention suite). In
+# scores.parquet, task and skill hold SCORE_ALL ("*") on rows aggregated over every task or skill.
+EVAL_PREDICTIONS = "predictions.parquet"
+EVAL_PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("arm", pa.string(), nullable=False),
+        pa.field("suite", pa.string(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("response", pa.string(), nullable=True),
+        pa.field("prediction", pa.string(), nullable=False),
+        pa.field("gold", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("skills", pa.list_(pa.string()), nullable=False),
+        pa.field("failure", pa.string(), nullable=True),
+    ]
+)
+EVAL_SCORES = "scores.parquet"
+EVAL_SCORES_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("arm", pa.string(), nullable=False),
+        pa.field("suite", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("skill", pa.string(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),
+        pa.field("accuracy", pa.float64(), nullable=False),
+        pa.field("stderr", pa.float64(), nullable=False),
+    ]
+)
+SCORE_ALL = "*"
+EVAL_SUITES = ("target", "general")
+
+# --- report ---
+REPORT_HTML = "report.html"
