@@ -56,9 +56,8 @@ DEFAULT_VERDICT_SYSTEM = (
 DEFAULT_VERDICT_TEMPLATE = (
     "Question: {question}\n"
     "Correct answer: {gold}\n"
-    "Previous steps:\n{previous}\n"
-    "Step to judge: {step}\n"
-    "Is this step correct? Reply yes or no."
+    "Reasoning so far:\n{steps}\n"
+    "Is step {step_index} correct? Reply yes or no."
 )
 
 DEFAULT_SKILL_SYSTEM = (
@@ -163,8 +162,8 @@ class LocateConfig(EdrayModel):
     verdict_template: str = Field(
         DEFAULT_VERDICT_TEMPLATE,
         min_length=1,
-        description="Per-step 'is this step correct?' prompt (ask_per_step); fields {question}, {gold}, {previous}, "
-        "{step}, {step_index}.",
+        description="Per-step 'is this step correct?' prompt (ask_per_step); fields {question}, {gold}, {steps} "
+        "(steps 1..k), {previous} (steps before k), {step} (step k), {step_index} (k).",
     )
     top_logprobs: int = Field(5, ge=2, le=20, description="Alternatives read per generated token.")
     max_tokens: int = Field(1, ge=1, le=64, description="Tokens generated per answer-switch query.")
@@ -187,6 +186,11 @@ class SkillConfig(EdrayModel):
     examples: list[dict[str, str]] = Field(
         default_factory=lambda: [dict(e) for e in DEFAULT_SKILL_EXAMPLES],
         description="Few-shot examples, each with keys question, gold, step, skill.",
+    )
+    with_images: bool = Field(
+        False,
+        description="Attach the sample's images to skill queries (METHOD.md §1 step 3 gives the teacher the "
+        "question, gold answer and erroneous step only).",
     )
     max_words: int = Field(8, ge=1, le=64, description="Longest skill phrase kept (extra words dropped).")
     max_tokens: int = Field(32, ge=1, le=512, description="Tokens generated per skill query.")
@@ -230,7 +234,7 @@ class DiagnoseConfig(EdrayModel):
         default_factory=lambda: ClientConfig(model="teacher"), description="How to reach the teacher."
     )
     teacher_sees_images: bool = Field(
-        True, description="Send the sample's images with teacher queries (off for a text-only teacher)."
+        True, description="Send the sample's images with answer-switch and verdict queries (off for a text-only teacher)."
     )
     malformed_retries: int = Field(
         2, ge=0, le=20, description="Re-asks of a teacher reply that cannot be read (with another seed)."

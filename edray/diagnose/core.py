@@ -154,13 +154,16 @@ def percent_text(p: float) -> str:
 
 
 def render_verdict_prompt(template: str, question: str, gold: str, steps: Sequence[str]) -> str:
-    """The per-step "is this step correct?" prompt for the last of ``steps`` (fields ``{question}``,
-    ``{gold}``, ``{previous}``, ``{step}``, ``{step_index}``)."""
-    previous = "\n".join(f"Step {i}: {_one_line(s)}" for i, s in enumerate(steps[:-1], start=1)) or "(none)"
+    """The per-step "is this step correct?" prompt for the last of ``steps`` (the ask-per-step locator).
+
+    Fields: ``{question}``, ``{gold}``, ``{steps}`` (``Step i:`` lines up to the judged step),
+    ``{previous}`` (the lines before it, or ``(none)``), ``{step}`` (its text), ``{step_index}``.
+    """
+    lines = [f"Step {i}: {_one_line(s)}" for i, s in enumerate(steps, start=1)]
     return _fill(
         template,
-        {"question": question.strip(), "gold": gold, "previous": previous, "step": _one_line(steps[-1]),
-         "step_index": str(len(steps))},
+        {"question": question.strip(), "gold": gold, "steps": "\n".join(lines),
+         "previous": "\n".join(lines[:-1]) or "(none)", "step": _one_line(steps[-1]), "step_index": str(len(steps))},
     )
 
 

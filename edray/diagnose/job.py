@@ -316,9 +316,11 @@ def _teacher_question(case: ErrorCase) -> str:
 
 
 def _teacher_payload(
-    config: DiagnoseConfig, text: str, row: dict[str, Any], max_tokens: int, top: int, system: str
+    config: DiagnoseConfig, text: str, row: dict[str, Any], max_tokens: int, top: int, system: str,
+    with_images: bool | None = None,
 ) -> dict[str, Any]:
-    images = (row["images"] or []) if config.teacher_sees_images else []
+    send = config.teacher_sees_images if with_images is None else with_images
+    images = (row["images"] or []) if send else []
     return _payload(config.teacher.model, text, images, max_tokens, logprobs=top, system=system)
 
 
@@ -332,7 +334,7 @@ async def analyze_skills(teacher: Any, cases: list[ErrorCase], config: DiagnoseC
             sc.system, sc.template, sc.example_template, sc.examples, _teacher_question(case),
             _gold_text(case), case.steps[case.located.step - 1],
         )
-        payloads.append(_teacher_payload(config, text, case.row, sc.max_tokens, 0, system))
+        payloads.append(_teacher_payload(config, text, case.row, sc.max_tokens, 0, system, with_images=sc.with_images))
     readers = [lambda r: core.parse_skill(r.text, sc.max_words)] * len(payloads)
     results = await _ask_until_readable(teacher, payloads, readers, config.malformed_retries)
     for case, (reply, skill) in zip(todo, results):

@@ -1,0 +1,399 @@
+"""Quality of diagnose and select on the skills world, against the world's ground truth.
+
+What it measures (numbers go to docs/diagnose.md):
+1. Step location: each validation question's reference steps are corrupted at a known step (a false
+   claim about the scene, same skill), its final answer replaced by a wrong one, and the result is
+   answered by a *replay student* that returns exactly that text. ``edray diagnose`` runs end to end
+   (rollout, scoring, locating, skill analysis, gaps) with the world teacher; the located step is
+   compared with ``true_error_step`` for the answer switch, a random step, and asking the teacher per step.
+2. Skill analysis: the named skill phrase mapped back to a world skill, against ``true_error_skill``.
+3. Faults: the same run with the teacher failing 20% of requests (503) and replying malformed text 10% of
+   the time; the run must complete and every request that failed after the client's retries must appear in
+   ``errors.failure``.
+4. Re-runs: an unchanged diagnose or select re-run makes no model call (stage skip).
+5. Selection precision: a world pool is indexed (``edray index``), ``edray select`` retrieves for the gaps
+   of one target task; precision is the share of selected samples whose true skills include the true
+   skill of the errors of their gap (random: of any diagnosed error), for BM25, dense, hybrid and random.
+
+Run::
+
+    python bench/diagnose_quality.py --out runs/bench-diagnose --n-per-task 40 --pool 3000 --budget 300
+
+The replay student stands in for a trained student so that the true erroneous step is known; with a
+real student (``edray diagnose --set student.client.model=...``) the same metrics come from
+``true_error_step`` on its own replies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from edray.diagnose import job as diagnose_job
+from edray.diagnose.config import DiagnoseConfig
+from edray.diagnose.inprocess import EngineClient
+from edray.serve.engine import ChatRequest, ChatResult, EngineError
+from edray.world.config import TeacherConfig, TeacherNoise
+from edray.world.pool import generate_eval_rows, generate_support_rows, true_error_skill, true_error_step, world_metadata
+from edray.world.scene import COLORS, SHAPES, SIZES, Scene, column_names, row_names
+from edray.world.skills import StepClaim, check_step, format_steps, parse_step, render_step, skill_of_phrase
+from edray.world.tasks import target_task_names
+from edray.world.teacher import WorldTeacher
+
+
+# --- a student whose mistakes are known ---------------------------------------------------------------
+
+
+def corrupt_claim(claim: StepClaim, scene: Scene, rng: random.Random) -> StepClaim | None:
+    """A claim of the same skill and subject that is false in the scene, or ``None``."""
+    s, v = claim.skill, claim.value
+    if s == "color_recognition":
+        values = [c for c in COLORS if c != v]
+    elif s == "shape_recognition":
+        values = [x for x in SHAPES if x != v]
+    elif s == "size_recognition":
+        values = [x for x in SIZES if x != v]
+    elif s == "horizontal_position":
+        values = [x for g in (2, 3, 4) for x in column_names(g) if x != v]
+    elif s == "vertical_position":
+        values = [x for g in (2, 3, 4) for x in row_names(g) if x != v]
+    elif s in ("object_counting", "counting_by_color", "counting_by_shape"):
+        n = int(v) if v.isdigit() else 0
+        values = [str(x) for x in (n + 1, n - 1, n + 2) if x >= 0]
+    elif s == "count_comparison":
+        values = [x for x in ("more", "fewer", "same") if x != v]
+    elif s in ("shape_existence", "color_existence", "attribute_binding"):
+        flipped = StepClaim(s, claim.subject, v, not claim.negated, claim.other)
+        return flipped if not check_step(flipped, scene) else None
+    else:
+        return None
+    rng.shuffle(values)
+    for value in dict.fromkeys(values):
+        cand = StepClaim(s, claim.subject, value, claim.negated, claim.other)
+        if not check_step(cand, scene):
+            return cand
+    return None
+
+
+def wrong_answer(row: dict[str, Any], bad: StepClaim, rng: random.Random) -> str:
+    """The wrong final answer a student who believed the false claim would give."""
+    gold = str(row["answer"])
+    step_words = set(render_step(bad).lower().rstrip(".").split())
+    if row["answer_type"] == "multiple_choice":
+        letters = [chr(65 + i) for i in range(len(row["choices"]))]
+        wrong = [i for i, x in enumerate(letters) if x != gold]
+        backed = [i for i in wrong if set(str(row["choices"][i]).lower().split()) & step_words]
+        return letters[rng.choice(backed or wrong)]
+    if row["answer_type"] == "yes_no":
+        return "no" if gold == "yes" else "yes"
+    if row["answer_type"] == "number":
+        if bad.value.isdigit() and bad.value != gold:
+            return bad.value
+        return str(int(gold) + 1) if gold.isdigit() else "0"
+    if bad.value and bad.value != gold and not bad.value.isdigit():
+        return bad.value
+    pool = [c for c in list(COLORS) + list(SHAPES) + list(SIZES) + list(column_names(2)) + list(row_names(2)) if c != gold]
+    return rng.choice(pool)
+
+
+def corrupted_reply(row: dict[str, Any], seed: int) -> tuple[str, int] | None:
+    """The row's reference steps with one step made false, and that step's index (1-based)."""
+    world = world_metadata(row)
+    scene = Scene.from_dict(world["scene"])
+    steps = list(world["steps"])
+    rng = random.Random(f"{seed}:{row['id']}")
+    order = list(range(len(steps)))
+    rng.shuffle(order)
+    for k in order:
+        claim = parse_step(steps[k])
+        bad = corrupt_claim(claim, scene, rng) if claim else None
+        if bad is None:
+            continue
+        new = steps[:k] + [render_step(bad)] + steps[k + 1 :]
+        return format_steps(new, wrong_answer(row, bad, rng)), k + 1
+    return None
+
+
+def _key(text: str, images: list[bytes]) -> str:
+    h = hashlib.sha256(" ".join(text.split()).encode())
+    for img in images:
+        h.update(hashlib.sha256(img).digest())
+    return h.hexdigest()
+
+
+class ReplayStudent:
+    """An engine that answers each known question (text + image) with a fixed reply."""
+
+    def __init__(self, replies: dict[str, str], name: str = "replay-student") -> None:
+        self.replies = replies
+        self.name = name
+
+    def model_ids(self) -> list[str]:
+        return [self.name]
+
+    async def generate(self, request: ChatRequest) -> ChatResult:
+        text = " ".join(m["content"] for m in request.messages if m.get("role") == "user")
+        reply = self.replies.get(_key(text.replace("<image>", " "), request.images))
+        if reply is None:
+            raise EngineError("replay student: unknown question", 400)
+        return ChatResult(text=reply)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
+        yield (await self.generate(request)).text
+
+
+class CountingEngine:
+    """Counts the 503s an engine raises (to check that every fault is accounted for); with
+    ``transient`` > 0 it also fails that share of attempts itself, independently per attempt (as an
+    overloaded server does), whereas the world teacher's own faults are fixed per request."""
+
+    def __init__(self, engine: Any, transient: float = 0.0, seed: int = 0) -> None:
+        self.engine = engine
+        self.faults = 0
+        self.transient = transient
+        self.rng = random.Random(seed)
+
+    def model_ids(self) -> list[str]:
+        return self.engine.model_ids()
+
+    async def generate(self, request: ChatRequest) -> ChatResult:
+        if self.rng.random() < self.transient:
+            self.faults += 1
+            raise EngineError("overloaded", 503)
+        try:
+            return await self.engine.generate(request)
+        except EngineError as exc:
+            if exc.status == 503:
+                self.faults += 1
+            raise
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
+        yield (await self.generate(request)).text
+
+
+# --- the measurements ---------------------------------------------------------------------------------
+
+
+def build_world(out: Path, tasks: list[str], n_per_task: int, seed: int) -> tuple[Path, Path, dict[str, str], dict[str, int]]:
+    """Validation and test splits of the tasks, and the corrupted replies of the validation rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    val = pa.concat_tables([generate_eval_rows(t, "validation", n_per_task, seed) for t in tasks])
+    test = pa.concat_tables([generate_eval_rows(t, "test", n_per_task, seed) for t in tasks])
+    replies: dict[str, str] = {}
+    planted: dict[str, int] = {}
+    keep = []
+    for i, row in enumerate(val.to_pylist()):
+        made = corrupted_reply(row, seed)
+        if made is None:
+            continue
+        text, k = made
+        user = " ".join(m["content"] for m in row["messages"] if m["role"] == "user").replace("<image>", " ")
+        replies[_key(user, row["images"])] = text
+        planted[row["id"]] = k
+        keep.append(i)
+    val = val.take(keep)
+    val_path, test_path = out / "validation.parquet", out / "test.parquet"
+    pq.write_table(val, val_path)
+    pq.write_table(test, test_path)
+    return val_path, test_path, replies, planted
+
+
+def locate_scores(stage: Path, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    errors = pq.read_table(stage / "errors.parquet").to_pylist()
+    hit = skill_hit = skill_n = 0
+    methods: Counter[str] = Counter()
+    for e in errors:
+        truth = true_error_step(rows[e["id"]], e["steps"])
+        hit += int(e["step"] is not None and e["step"] == truth)
+        methods[e["method"]] += 1
+        if e["skill"]:
+            skill_n += 1
+            skill_hit += int(skill_of_phrase(e["skill"]) == true_error_skill(rows[e["id"]], e["steps"]))
+    return {
+        "errors": len(errors),
+        "step_accuracy": hit / len(errors) if errors else 0.0,
+        "skill_accuracy": skill_hit / skill_n if skill_n else 0.0,
+        "skills_named": skill_n,
+        "methods": dict(methods),
+        "failures": sum(e["failure"] is not None for e in errors),
+    }
+
+
+def run_diagnose(run_dir: Path, val_path: Path, replies: dict[str, str], method: str, teacher: Any = None,
+                 task: str | None = None, **overrides: Any) -> tuple[Path, Any, Any]:
+    cfg = DiagnoseConfig.model_validate(
+        {"validation": str(val_path), "task": task, "student": {"family": "plain"}, "locate": {"method": method},
+         **overrides}
+    )
+    student = EngineClient(ReplayStudent(replies), "student")
+    teacher = teacher or EngineClient(WorldTeacher(TeacherConfig(model_id="teacher")), "teacher")
+    path = diagnose_job.run(cfg, run_dir, student=student, teacher=teacher)
+    return path, student, teacher
+
+
+def selection_precision(stage: Path, pool_truth: dict[str, list[str]], gap_truth: dict[int, set[str]],
+                        all_truth: set[str]) -> dict[str, Any]:
+    sel = pq.read_table(stage / "selection.parquet").to_pylist()
+    gap_hits = any_hits = 0
+    for r in sel:
+        skills = set(pool_truth.get(r["id"], []))
+        any_hits += int(bool(skills & all_truth))
+        target = gap_truth.get(r["gap_id"], all_truth) if r["gap_id"] is not None else all_truth
+        gap_hits += int(bool(skills & target))
+    n = len(sel)
+    return {"selected": n, "precision_gap": gap_hits / n if n else 0.0, "precision_any": any_hits / n if n else 0.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-diagnose"))
+    ap.add_argument("--n-per-task", type=int, default=40)
+    ap.add_argument("--pool", type=int, default=3000)
+    ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--select-task", default="locate_item")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--skip-select", action="store_true")
+    args = ap.parse_args()
+    out: Path = args.out
+    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+
+    tasks = target_task_names()
+    val_path, test_path, replies, planted = build_world(out / "world", tasks, args.n_per_task, args.seed)
+    rows = {r["id"]: r for r in pq.read_table(val_path).to_pylist()}
+    report["questions"] = len(rows)
+
+    # 1-2. step location and skill analysis, three locators.
+    for method in ("answer_switch", "random", "ask_per_step"):
+        t0 = time.time()
+        stage, _, teacher = run_diagnose(out / f"locate-{method}", val_path, replies, method)
+        report[f"locate_{method}"] = {**locate_scores(stage, rows), "teacher_requests": teacher.stats.requests,
+                                      "wall_s": round(time.time() - t0, 1)}
+        print(method, report[f"locate_{method}"], flush=True)
+
+    # 3. faults: 20% 503s, 10% malformed replies; one retry so that some requests exhaust it.
+    noisy = CountingEngine(WorldTeacher(TeacherConfig(model_id="teacher", noise=TeacherNoise(failed=0.2, malformed=0.1))))
+    teacher = EngineClient(noisy, "teacher", max_retries=1)
+    stage, _, teacher = run_diagnose(out / "faults", val_path, replies, "answer_switch", teacher=teacher)
+    errors = pq.read_table(stage / "errors.parquet").to_pylist()
+    recorded_503 = sum((e["failure"] or "").count("HTTP 503") for e in errors)
+    report["faults"] = {
+        **locate_scores(stage, rows),
+        "injected_503": noisy.faults,
+        "client_retries": teacher.stats.retries,
+        "client_failures": teacher.stats.failures,
+        "failures_recorded_in_errors": recorded_503,
+        "every_fault_accounted": noisy.faults == teacher.stats.retries + teacher.stats.failures
+        and recorded_503 == teacher.stats.failures,
+    }
+    print("faults", report["faults"], flush=True)
+
+    # 3b. transient faults (20% of attempts, independent per attempt): the client's retries recover them.
+    flaky = CountingEngine(WorldTeacher(TeacherConfig(model_id="teacher")), transient=0.2, seed=args.seed)
+    teacher = EngineClient(flaky, "teacher", max_retries=4)
+    stage, _, teacher = run_diagnose(out / "transient-faults", val_path, replies, "answer_switch", teacher=teacher)
+    errors = pq.read_table(stage / "errors.parquet").to_pylist()
+    report["transient_faults"] = {
+        **locate_scores(stage, rows),
+        "injected_503": flaky.faults,
+        "client_retries": teacher.stats.retries,
+        "client_failures": teacher.stats.failures,
+        "failures_recorded_in_errors": sum((e["failure"] or "").count("HTTP 503") for e in errors),
+    }
+    print("transient faults", report["transient_faults"], flush=True)
+
+    # 3c. an imperfect teacher: its belief shift lands on a neighbouring step 20% of the time, and it
+    # names a wrong skill 20% of the time.
+    imperfect = EngineClient(
+        WorldTeacher(TeacherConfig(model_id="teacher", noise=TeacherNoise(wrong_step=0.2, wrong_skill=0.2))), "teacher"
+    )
+    for method in ("answer_switch", "ask_per_step", "random"):
+        stage, _, _ = run_diagnose(out / f"imperfect-{method}", val_path, replies, method, teacher=imperfect)
+        report[f"imperfect_{method}"] = locate_scores(stage, rows)
+        print("imperfect", method, report[f"imperfect_{method}"], flush=True)
+
+    # 4. re-run unchanged: the stage is skipped, no request is made.
+    _, student, teacher = run_diagnose(out / "locate-answer_switch", val_path, replies, "answer_switch")
+    report["rerun_diagnose_requests"] = student.stats.requests + teacher.stats.requests
+    print("re-run diagnose requests:", report["rerun_diagnose_requests"], flush=True)
+
+    if not args.skip_select:
+        report["select"] = bench_select(out, args, val_path, test_path, replies, rows)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+def bench_select(out: Path, args: argparse.Namespace, val_path: Path, test_path: Path,
+                 replies: dict[str, str], rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    import ray
+
+    from edray.index import job as index_job
+    from edray.index.config import IndexConfig
+    from edray.select import job as select_job
+    from edray.select.config import SelectConfig
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    run = out / "select-run"
+    pool_dir = out / "pool"
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    pool = generate_support_rows(args.seed, 0, args.pool)
+    pq.write_table(pool, pool_dir / "part-00000.parquet")
+    pool_truth = {r["id"]: world_metadata(r)["skills"] for r in pool.select(["id", "metadata"]).to_pylist()}
+    t0 = time.time()
+    index_job.run(IndexConfig.model_validate({"pool": str(pool_dir), "progress_bars": False}), run)
+    result: dict[str, Any] = {"pool": args.pool, "budget": args.budget, "index_wall_s": round(time.time() - t0, 1)}
+
+    stage, _, _ = run_diagnose(run, val_path, replies, "answer_switch", task=args.select_task)
+    errors = pq.read_table(stage / "errors.parquet").to_pylist()
+    gap_truth: dict[int, set[str]] = {}
+    for e in errors:
+        skill = true_error_skill(rows[e["id"]], e["steps"])
+        if e["gap_id"] is not None and skill:
+            gap_truth.setdefault(e["gap_id"], set()).add(skill)
+    all_truth = set().union(*gap_truth.values()) if gap_truth else set()
+    result["task"] = args.select_task
+    result["true_gap_skills"] = sorted(all_truth)
+    result["gaps"] = pq.read_table(stage / "gaps.parquet").select(["gap_id", "skill", "error_count"]).to_pylist()
+    result["pool_share_of_gap_skills"] = sum(bool(set(s) & all_truth) for s in pool_truth.values()) / len(pool_truth)
+    for name, overrides in (("bm25", {"mode": "bm25"}), ("dense", {"mode": "dense"}), ("hybrid", {"mode": "hybrid"}),
+                            ("random", {"strategy": "random"})):
+        cfg = SelectConfig.model_validate(
+            {"budget": args.budget, "contamination": {"evaluation": [str(test_path)]}, **overrides}
+        )
+        sub = out / f"select-{name}"
+        sub.mkdir(exist_ok=True)
+        for link in ("index", "lancedb", "round_0"):
+            target = sub / link
+            if not target.exists():
+                target.symlink_to((run / link).resolve())
+        select_run = sub
+        t0 = time.time()
+        path = select_job.run(cfg.model_copy(update={"index_dir": str(run / "index"),
+                                                      "diagnose_dir": str(stage)}), select_run / "out")
+        manifest = json.loads((path / "manifest.json").read_text())
+        result[name] = {**selection_precision(path, pool_truth, gap_truth, all_truth),
+                        "contaminated_excluded": manifest["counts"].get("contaminated_excluded"),
+                        "wall_s": round(time.time() - t0, 1)}
+        print("select", name, result[name], flush=True)
+        # Re-run unchanged: skipped (the manifest is not rewritten).
+        before = manifest["finished_at"]
+        select_job.run(cfg.model_copy(update={"index_dir": str(run / "index"), "diagnose_dir": str(stage)}),
+                       select_run / "out")
+        result[name]["rerun_skipped"] = json.loads((path / "manifest.json").read_text())["finished_at"] == before
+    return result
+
+
+if __name__ == "__main__":
+    main()
