@@ -27,6 +27,7 @@ pytest_plugins = [
     "tests.fixtures.student",
     "tests.fixtures.serve",
     "tests.fixtures.index",
+    "tests.fixtures.pipeline",
 ]
 
 RAY_NUM_CPUS = int(os.environ.get("EDRAY_TEST_RAY_CPUS", "4"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from edray.config import EdrayModel
 from edray.serve.config import ClientConfig
@@ -193,6 +193,29 @@ class SkillConfig(EdrayModel):
         "question, gold answer and erroneous step only).",
     )
     max_words: int = Field(8, ge=1, le=64, description="Longest skill phrase kept (extra words dropped).")
+    reject: list[str] = Field(
+        default_factory=lambda: [
+            r"^(i|i'm|i am|sorry|as an)\b",
+            r"\bnot sure\b",
+            r"\?$",
+            r"^the (image|picture|photo) (shows|contains|has)\b",
+            r"^[{\[]",
+        ],
+        description="Regular expressions (case-insensitive) of replies that are not skill phrases (hedges, "
+        "questions, descriptions, broken JSON); such a reply counts as unreadable and is re-asked.",
+    )
+
+    @field_validator("reject")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        import re
+
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"reject pattern {pattern!r} is not a regular expression: {exc}") from None
+        return value
     max_tokens: int = Field(32, ge=1, le=512, description="Tokens generated per skill query.")
 
     @model_validator(mode="after")

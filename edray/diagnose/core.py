@@ -198,11 +198,13 @@ def _one_line(text: str) -> str:
 _SKILL_PREFIX = re.compile(r"^\s*(?:[-*#>\d.)\s]*)(?:the\s+)?(?:missing\s+)?skill\s*(?:missing)?\s*[:：\-–]\s*", re.I)
 
 
-def parse_skill(text: str | None, max_words: int) -> str | None:
+def parse_skill(text: str | None, max_words: int, reject: Sequence[str] = ()) -> str | None:
     """The missing-skill phrase from the teacher's reply, or ``None`` when there is none.
 
-    Takes the line after a ``Skill:`` label if there is one, else the first non-empty line; drops quotes,
-    list markers, markdown and a trailing period; keeps at most ``max_words`` words.
+    Takes the ``skill`` of a JSON reply, else the line after a ``Skill:`` label if there is one, else the
+    first non-empty line; drops quotes, list markers, markdown and a trailing period; keeps at most
+    ``max_words`` words. A phrase matching one of the ``reject`` regular expressions (hedges, questions)
+    is no phrase.
     """
     if not text:
         return None
@@ -222,7 +224,10 @@ def parse_skill(text: str | None, max_words: int) -> str | None:
     chosen = next((ln for ln in lines if _SKILL_PREFIX.match(ln)), lines[0] if lines else "")
     phrase = _SKILL_PREFIX.sub("", chosen)
     phrase = re.sub(r"[*_`\"“”]", "", phrase).strip().strip("'").strip()
-    phrase = re.sub(r"^[-*>\s]+", "", phrase).rstrip(" .;:,!").strip()
+    phrase = re.sub(r"^[-*>\s]+", "", phrase).strip()
+    if any(re.search(p, phrase, re.IGNORECASE) for p in reject):
+        return None
+    phrase = phrase.rstrip(" .;:,!").strip()
     words = phrase.split()
     if not words:
         return None

@@ -335,7 +335,7 @@ async def analyze_skills(teacher: Any, cases: list[ErrorCase], config: DiagnoseC
             _gold_text(case), case.steps[case.located.step - 1],
         )
         payloads.append(_teacher_payload(config, text, case.row, sc.max_tokens, 0, system, with_images=sc.with_images))
-    readers = [lambda r: core.parse_skill(r.text, sc.max_words)] * len(payloads)
+    readers = [lambda r: core.parse_skill(r.text, sc.max_words, sc.reject)] * len(payloads)
     results = await _ask_until_readable(teacher, payloads, readers, config.malformed_retries)
     for case, (reply, skill) in zip(todo, results):
         case.raw["skill"] = reply.text

@@ -141,3 +141,26 @@ def test_build_gaps() -> None:
     assert [(g.gap_id, g.skill, g.error_count) for g in gaps] == [(0, "counting", 3), (1, "colour binding", 1)]
     assert sorted(gaps[0].error_ids) == ["e1", "e2", "e3"]
     assert gaps[0].phrases == ["counting", "counting objects"]
+
+
+def test_verdict_prompt() -> None:
+    from edray.diagnose.config import DiagnoseConfig
+    from edray.diagnose.core import render_verdict_prompt
+    from edray.world.teacher_prompts import parse_verdict_prompt
+
+    cfg = DiagnoseConfig(validation="unused")
+    text = render_verdict_prompt(cfg.locate.verdict_template, "Q?", "left", ["a", "b\nc"])
+    assert text.endswith("Step 1: a\nStep 2: b c\nIs step 2 correct? Reply yes or no.")
+    parsed = parse_verdict_prompt(text)
+    assert parsed is not None and parsed.steps == ("a", "b c")
+    assert render_verdict_prompt("{previous}|{step}|{step_index}", "Q", "g", ["x"]) == "(none)|x|1"
+
+
+def test_parse_skill_rejects_non_phrases() -> None:
+    from edray.diagnose.config import SkillConfig
+
+    reject = SkillConfig().reject
+    for reply in ("I am not sure.", "The image shows several things", "?", '{"skill": ', "Which one?"):
+        assert parse_skill(reply, 8, reject) is None, reply
+    assert parse_skill("telling left from right", 8, reject) == "telling left from right"
+    assert parse_skill("Skill: identifying shapes.", 8, reject) == "identifying shapes"
