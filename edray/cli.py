@@ -133,7 +133,7 @@ def data_inspect(
     try:
         summary = inspect_data(path, config=cfg, quarantine_out=quarantine_out, sample_rows=sample)
     except (FileNotFoundError, ValueError) as exc:
-        err_console.print(f"[red]error[/red]: {exc}", highlight=False)
+        err_console.print(f"[red]error[/red]: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False, default=str))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,19 +102,28 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
     return "\n".join(lines)
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config model inside an annotation (``Inner``, ``Optional[Inner]``, ``Inner | None``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the (nested) model at ``loc``; empty if it cannot be resolved."""
-    current: Any = model
+    current: type[BaseModel] | None = model
     for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        if current is None:
             return []
         field = current.model_fields.get(str(part))
         if field is None:
             return []
-        current = field.annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+        current = _model_in(field.annotation)
+    return list(current.model_fields) if current is not None else []
 
 
 def validate_config(model: type[M], data: dict[str, Any], source: str = "") -> M:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import time
@@ -54,7 +55,8 @@ def _hash_update_path(h: "hashlib._Hash", path: Path, deep: bool) -> None:
             h.update(str(meta.get("finished_at")).encode())
             return
         for child in sorted(path.rglob("*")):
-            if child.is_file() and not any(p.startswith(_TMP_PREFIX) for p in child.parts):
+            rel = child.relative_to(path)
+            if child.is_file() and not any(p.startswith(_TMP_PREFIX) for p in rel.parts):
                 h.update(str(child.relative_to(path)).encode())
                 _hash_update_file(h, child, deep)
     elif path.is_file():
@@ -179,9 +181,13 @@ class StageDir:
 
         On an exception the temporary folder is removed and the final folder is left as it was (a
         previous, complete output stays readable until it is replaced). Anything the body wrote is
-        invisible to readers until ``_SUCCESS`` exists.
+        invisible to readers until ``_SUCCESS`` exists. A process killed at any point leaves either
+        the previous output, or a folder without ``_SUCCESS`` (never read, replaced by the next
+        commit), plus hidden temporary folders that the next commit of this stage removes. One writer
+        per stage folder at a time.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.clean_stale()
         tmp = self.path.parent / f"{_TMP_PREFIX}{self.stage}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         started = time.time()
@@ -190,7 +196,6 @@ class StageDir:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._install(tmp)
         manifest = {
             "stage": self.stage,
             "round": self.round_index,
@@ -205,7 +210,13 @@ class StageDir:
             "finished_at": time.time(),
             "wall_s": round(time.time() - started, 3),
         }
-        _write_atomic(self.manifest_path, json.dumps(manifest, indent=2, default=str))
+        try:
+            # The manifest travels inside the folder, so after the rename only _SUCCESS is missing.
+            _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
+            self._install(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         _write_atomic(self.path / SUCCESS, "")
 
     def _install(self, tmp: Path) -> None:
@@ -226,8 +237,10 @@ class StageDir:
         n = 0
         if not self.path.parent.is_dir():
             return 0
+        # Exact names only: the stage "train" must not remove "pretrain"'s folders.
+        pattern = re.compile(rf"^{re.escape(_TMP_PREFIX)}(old-)?{re.escape(self.stage)}-[0-9a-f]{{8}}$")
         for child in self.path.parent.iterdir():
-            if child.name.startswith(_TMP_PREFIX) and self.stage in child.name:
+            if pattern.match(child.name):
                 shutil.rmtree(child, ignore_errors=True)
                 n += 1
         return n

@@ -187,13 +187,16 @@ def _decode_image_entry(value: Any, field: str) -> bytes:
             s = data
         elif not _looks_like_base64(s):
             raise RecordError(field, "image not found", _short(s))
+        cleaned = re.sub(r"\s+", "", s)
         try:
-            return base64.b64decode(re.sub(r"\s+", "", s), validate=True)
+            return base64.b64decode(cleaned, validate=True)
         except (binascii.Error, ValueError) as exc:
-            try:
-                return base64.urlsafe_b64decode(re.sub(r"\s+", "", s))
-            except (binascii.Error, ValueError):
-                raise RecordError(field, "invalid base64", str(exc)) from None
+            if re.fullmatch(r"[A-Za-z0-9_=-]+", cleaned):
+                try:
+                    return base64.urlsafe_b64decode(cleaned)
+                except (binascii.Error, ValueError):
+                    pass
+            raise RecordError(field, "invalid base64", f"{exc}: {_short(s, 60)}") from None
     raise RecordError(field, "wrong type", f"an image must be bytes, a path or a data URL, got {type(value).__name__}")
 
 
