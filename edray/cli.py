@@ -265,6 +265,44 @@ def select(
     console.print(f"selection written to {path}")
 
 
+# --- evaluate / report ---------------------------------------------------------------------------
+register_config("evaluate", "edray.evaluate.config:EvaluateConfig")
+
+
+@app.command("evaluate")
+def evaluate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Measure target accuracy and general retention of the base student, each tuned student and each
+    baseline arm, per task and per skill, with the combined score (harmonic mean)."""
+    from edray.evaluate import job
+    from edray.rundir import new_run_dir
+
+    cfg = load_stage_config("evaluate", config, set_)
+    path = job.run(cfg, run_dir or new_run_dir(), force=force)
+    console.print(f"evaluation written to {path}")
+
+
+@app.command("report")
+def report(
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory to report on.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder to write report.html into (default: <run-dir>/report).")] = None,
+) -> None:
+    """Write one static HTML report of a run: capability gaps, before/after per task and skill, baselines,
+    retention vs. gain, training curves and browsable errors. Sections without data say so."""
+    from edray.report.job import write_report
+
+    try:
+        path = write_report(run_dir, out)
+    except FileNotFoundError as exc:
+        err_console.print(f"[red]error[/red]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"report written to {path}")
+
+
 # --- serve ---------------------------------------------------------------------------------------
 register_config("serve", "edray.serve.config:ServeConfig")
 
