@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.serve",
     "tests.fixtures.index",
     "tests.fixtures.pipeline",
+    "tests.fixtures.train",
 ]
 
 RAY_NUM_CPUS = int(os.environ.get("EDRAY_TEST_RAY_CPUS", "4"))
