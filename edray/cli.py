@@ -265,6 +265,35 @@ def select(
     console.print(f"selection written to {path}")
 
 
+# --- train ---------------------------------------------------------------------------------------
+register_config("train", "edray.train.config:TrainConfig")
+
+
+@app.command("train")
+def train(
+    student: Annotated[Path, typer.Option("--student", help="Student model folder (transformers, safetensors, with its processor).")],
+    selection: Annotated[Path, typer.Option("--selection", help="Selection Parquet with an `id` column (the select stage's selection.parquet).")],
+    pool: Annotated[Optional[Path], typer.Option("--pool", help="Supporting pool (Parquet or Lance) to join images and messages from by id.")] = None,
+    round_index: Annotated[int, typer.Option("--round", help="Round this training belongs to (runs/<run>/round_<k>/train).")] = 0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Fine-tune the student on the selected supporting samples with Ray Train: LoRA, full (projector +
+    last N layers) or SPIDER; resumable checkpoints; exports an adapter or model folder."""
+    from edray.rundir import new_run_dir
+    from edray.train import job
+
+    cfg = load_stage_config("train", config, set_)
+    try:
+        path = job.run(cfg, run_dir or new_run_dir(), student, selection, pool, round_index=round_index, force=force)
+    except ValueError as exc:
+        err_console.print(f"[red]train input error[/red]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"trained model written to {path}")
+
+
 # --- evaluate / report ---------------------------------------------------------------------------
 register_config("evaluate", "edray.evaluate.config:EvaluateConfig")
 
