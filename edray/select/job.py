@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -171,8 +172,10 @@ def _units(config: SelectConfig, gaps: list[dict[str, Any]], errors: list[dict[s
 def _retrieve(handle: Any, config: SelectConfig, query: str, k: int) -> list[core.Candidate]:
     from edray.index.search import search
 
+    # Full-text query syntax would read punctuation in a step ("column.", "A:") as operators.
+    text = " ".join(re.sub(r"[^\w\s'-]", " ", query).split())
     hits = search(
-        handle.table, query, mode=config.mode, k=k, embed=handle.embed, metric=handle.metric,
+        handle.table, text, mode=config.mode, k=k, embed=handle.embed, metric=handle.metric,
         rrf_k=config.rrf_k, nprobes=handle.nprobes, candidates=max(config.candidates, k), columns=["id"],
     )
     return [
