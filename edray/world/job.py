@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edray.rundir import StageDir, fingerprint
-from edray.schemas import WORLD_EVAL_DIR, WORLD_INFO, WORLD_POOL_DIR, WORLD_POOL_LANCE
+from edray.schemas import SUPPORT_SCHEMA, WORLD_EVAL_DIR, WORLD_INFO, WORLD_POOL_DIR, WORLD_POOL_LANCE
 from edray.world.config import SceneConfig, WorldConfig
 from edray.world.pool import SPLITS, generate_eval_rows, generate_support_rows, skill_shares
 from edray.world.skills import SKILLS
@@ -102,6 +103,36 @@ def write_pool(config: WorldConfig, out: Path) -> dict[str, float]:
     return {"pool_rows": pool.pool_size, "pool_seconds": round(seconds, 2), "pool_rows_per_s": round(pool.pool_size / max(seconds, 1e-9), 1)}
 
 
+def write_pool_local(config: WorldConfig, out: Path) -> dict[str, float]:
+    """Generate the supporting pool in this process, streaming batches to one Parquet file (and Lance).
+
+    For small worlds (tests, quick looks) where starting Ray costs more than the work.
+
+    Returns:
+        Timing numbers, as :func:`write_pool`.
+    """
+    pool = config.pool
+    folder = out / WORLD_POOL_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for start in range(0, pool.pool_size, pool.batch_size):
+            count = min(pool.batch_size, pool.pool_size - start)
+            yield from generate_support_rows(pool.seed, start, count, pool.mix, config.scene).to_batches()
+
+    if "parquet" in pool.formats:
+        with pq.ParquetWriter(folder / "part-00000.parquet", SUPPORT_SCHEMA) as writer:
+            for batch in batches():
+                writer.write_batch(batch)
+    if "lance" in pool.formats:
+        import lance
+
+        lance.write_dataset(pa.RecordBatchReader.from_batches(SUPPORT_SCHEMA, batches()), str(out / WORLD_POOL_LANCE))
+    seconds = time.time() - started
+    return {"pool_rows": pool.pool_size, "pool_seconds": round(seconds, 2), "pool_rows_per_s": round(pool.pool_size / max(seconds, 1e-9), 1)}
+
+
 def write_eval(config: WorldConfig, out: Path) -> dict[str, int]:
     """Write every target task's validation and test split, and the general suite.
 
@@ -141,13 +172,14 @@ def world_info(config: WorldConfig) -> dict[str, Any]:
     }
 
 
-def run(config: WorldConfig, out: str | os.PathLike[str], force: bool = False) -> Path:
+def run(config: WorldConfig, out: str | os.PathLike[str], force: bool = False, use_ray: bool = True) -> Path:
     """Generate a world into ``out`` unless an identical one is already there.
 
     Args:
         config: world settings.
         out: target folder.
         force: regenerate even if ``out`` holds a world with the same config.
+        use_ray: generate the pool with Ray Data (``False``: in this process, for small worlds).
 
     Returns:
         The world folder.
@@ -159,7 +191,7 @@ def run(config: WorldConfig, out: str | os.PathLike[str], force: bool = False) -
         return stage.path
     stage.clean_stale()
     with stage.commit(config, fp) as tmp:
-        stage.metrics.update(write_pool(config, tmp))
+        stage.metrics.update(write_pool(config, tmp) if use_ray else write_pool_local(config, tmp))
         stage.counts["pool"] = config.pool.pool_size
         stage.counts.update(write_eval(config, tmp))
         (tmp / WORLD_INFO).write_text(json.dumps(world_info(config), indent=2))

@@ -1,0 +1,86 @@
+"""Source tasks, target tasks and the general suite."""
+
+from __future__ import annotations
+
+import random
+import string
+
+from edray.world.config import SceneConfig
+from edray.world.skills import SKILL_NAMES, check_step, parse_step, split_steps
+from edray.world.tasks import (
+    GENERAL_SUITE,
+    KINDS,
+    SOURCE_TASKS,
+    TARGET_TASKS,
+    identify_task,
+    make_eval_sample,
+    make_support_sample,
+)
+
+
+def _literal(template: str) -> str:
+    return " ".join(lit for lit, _, _, _ in string.Formatter().parse(template)).lower()
+
+
+def test_source_tasks_cover_the_skills_with_distinct_wordings() -> None:
+    assert len(SOURCE_TASKS) >= 60
+    assert len({t.template for t in SOURCE_TASKS}) == len(SOURCE_TASKS)
+    assert all(1 <= len(t.skills) <= 2 and set(t.skills) <= set(SKILL_NAMES) for t in SOURCE_TASKS)
+    assert {s for t in SOURCE_TASKS for s in t.skills} == set(SKILL_NAMES)
+    styles = {t.style for t in SOURCE_TASKS}
+    assert styles == {"brief", "steps"}
+
+
+def test_every_kind_declares_known_skills() -> None:
+    for kind in KINDS.values():
+        assert kind.skills and set(kind.skills) <= set(SKILL_NAMES)
+
+
+def test_target_tasks_combine_skills_and_are_phrased_unlike_source_tasks() -> None:
+    assert len(TARGET_TASKS) >= 5
+    source_literals = {_literal(t.template) for t in SOURCE_TASKS}
+    for t in TARGET_TASKS:
+        assert len(t.skills) >= 2
+        assert _literal(t.template) not in source_literals
+        # No source wording is a prefix of a target wording either.
+        assert all(not _literal(t.template).startswith(s) for s in source_literals)
+
+
+def test_support_samples_answer_in_their_task_style() -> None:
+    cfg = SceneConfig()
+    for t in SOURCE_TASKS:
+        s = make_support_sample(random.Random(t.name), t, cfg)
+        steps, answer = split_steps(s.response)
+        if t.style == "steps":
+            assert steps and answer == s.answer
+            assert all(check_step(parse_step(x), s.question.scene) for x in steps)
+        else:
+            assert not steps and s.response == s.answer
+
+
+def test_eval_samples_reason_in_steps_and_multiple_choice_answers_are_letters() -> None:
+    cfg = SceneConfig()
+    forms_seen = set()
+    for t in [t.name for t in TARGET_TASKS] + [GENERAL_SUITE]:
+        for i in range(20):
+            s = make_eval_sample(random.Random(f"{t}{i}"), t, cfg)
+            forms_seen.add(s.answer_type)
+            steps, answer = split_steps(s.response)
+            assert steps and answer == s.answer
+            if s.answer_type == "multiple_choice":
+                assert s.choices[ord(s.answer) - 65] == s.question.answer
+                assert "Options: A." in s.prompt
+    assert forms_seen == {"multiple_choice", "yes_no", "number", "open"}
+
+
+def test_identify_task_recognizes_every_wording() -> None:
+    cfg = SceneConfig()
+    for t in SOURCE_TASKS:
+        for i in range(5):
+            s = make_support_sample(random.Random(f"{t.name}{i}"), t, cfg)
+            assert identify_task(f"<image>\n{s.prompt}") == t.name
+    for t in TARGET_TASKS:
+        for form in ("open", "multiple_choice"):
+            s = make_eval_sample(random.Random(t.name), t.name, cfg, form=form)
+            assert identify_task(s.prompt) == t.name
+    assert identify_task("What is the capital of France?") is None
