@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.serve",
     "tests.fixtures.index",
     "tests.fixtures.pipeline",
+    "tests.fixtures.evaluate",
     "tests.fixtures.train",
 ]
 
