@@ -52,6 +52,7 @@ ANNOTATED_FIELDS = [
     pa.field("skill_text", pa.string()),
     pa.field("annotation_key", pa.string()),
     pa.field("cache_hit", pa.bool_()),
+    pa.field("teacher_request", pa.bool_()),
     pa.field("annotate_s", pa.float64()),
 ]
 
@@ -116,10 +117,10 @@ def annotation_key(instruction: str, answer: str, model: str, prompt_version: st
 
 
 def parse_skills(text: str, max_skills: int) -> list[str]:
-    """Parse the teacher's answer into at most ``max_skills`` short, distinct skill phrases.
+    """Parse the teacher's annotation reply into at most ``max_skills`` distinct skill phrases.
 
-    Accepts a JSON object with a ``skills`` list, a JSON list, or plain text with one skill per line
-    (or separated by ``;``), with optional bullets or numbering.
+    The reply format is the one ``edray.world.teacher_prompts`` asks for (``phrase; phrase`` or
+    ``{"skills": [...]}``); a JSON list, bullets and numbering are accepted too.
 
     Args:
         text: the teacher's answer.
@@ -131,21 +132,19 @@ def parse_skills(text: str, max_skills: int) -> list[str]:
     Raises:
         ValueError: no skill could be read from the answer.
     """
+    from edray.world.teacher_prompts import parse_skill_reply
+
     stripped = (text or "").strip()
     items: list[str] = []
-    if stripped.startswith("{") or stripped.startswith("["):
+    if stripped.startswith("["):
         try:
             parsed = json.loads(stripped)
         except json.JSONDecodeError:
             parsed = None
-        if isinstance(parsed, dict):
-            parsed = parsed.get("skills", parsed.get("skill"))
-        if isinstance(parsed, str):
-            parsed = [parsed]
         if isinstance(parsed, list):
             items = [str(x) for x in parsed if isinstance(x, (str, int, float))]
     if not items:
-        items = re.split(r"[\n;]+", stripped)
+        items = parse_skill_reply(stripped)
     out: list[str] = []
     for item in items:
         skill = re.sub(r"^\s*(?:[-*•]|\d+[.)]|skills?\s*:)\s*", "", item, flags=re.IGNORECASE)
@@ -368,7 +367,7 @@ def plan_vector_index(
     requested: str,
     metric: str,
     exact_below_rows: int,
-    rows_per_partition: int,
+    num_partitions: int = 0,
     hnsw_m: int = 20,
     hnsw_ef_construction: int = 150,
 ) -> VectorIndexPlan:
@@ -383,7 +382,7 @@ def plan_vector_index(
         requested: ``auto``, ``none`` or an index type.
         metric: ``cosine``, ``l2`` or ``dot``.
         exact_below_rows: size under which search stays exact.
-        rows_per_partition: target IVF partition size.
+        num_partitions: IVF partitions; 0 chooses sqrt(num_rows).
         hnsw_m: HNSW degree.
         hnsw_ef_construction: HNSW build beam.
 
@@ -393,11 +392,23 @@ def plan_vector_index(
     if requested == "none" or num_rows < max(exact_below_rows, 1) or num_rows < 256:
         return VectorIndexPlan(None, metric)
     index_type = "IVF_SQ" if requested == "auto" else requested
-    # IVF training needs a few hundred points per centroid; sqrt(n) is the usual upper bound.
-    partitions = max(1, min(num_rows // rows_per_partition, int(math.sqrt(num_rows))))
+    partitions = num_partitions or max(1, round(math.sqrt(num_rows)))
     if index_type.startswith("IVF_HNSW"):
         return VectorIndexPlan(index_type, metric, partitions, hnsw_m, hnsw_ef_construction)
     return VectorIndexPlan(index_type, metric, partitions)
+
+
+def auto_nprobes(num_partitions: int, fraction: float = 0.1, floor: int = 16) -> int:
+    """Partitions to probe per dense query when the config leaves it to the index.
+
+    Args:
+        num_partitions: partitions of the IVF index (0: no index, exact search).
+        fraction: share of the partitions probed.
+        floor: fewest partitions probed.
+    """
+    if num_partitions <= 0:
+        return 1
+    return min(num_partitions, max(floor, math.ceil(num_partitions * fraction)))
 
 
 def rrf_fuse(rankings: Sequence[Sequence[str]], k: int) -> list[tuple[str, float]]:

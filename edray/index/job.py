@@ -40,7 +40,6 @@ from edray.rundir import StageDir, fingerprint
 from edray.schemas import QUARANTINE, QUARANTINE_SCHEMA, SUMMARY
 
 ANNOTATION_FAILURES = "annotation_failures.parquet"
-CACHE_SUFFIX = "_annotation_cache"
 
 _KNOWN_IDS: dict[str, frozenset[str]] = {}
 
@@ -73,9 +72,9 @@ def prepare_batch(batch: pa.Table, known_ref: Any, stage: str = core.STAGE_NAME)
 
 def annotation_messages(instruction: str, answer: str) -> list[dict[str, str]]:
     """The annotation prompt (METHOD.md step 4): the teacher names the skills a sample exercises."""
-    from edray.world.teacher_prompts import annotation_messages as world_messages
+    from edray.world.teacher_prompts import build_annotation_messages
 
-    return world_messages(instruction, answer)
+    return build_annotation_messages(instruction, answer)
 
 
 class SkillAnnotator:
@@ -92,6 +91,9 @@ class SkillAnnotator:
         self.cfg = cfg
         self.cache = open_table(connect(db_uri, storage_options), cache_name) if cfg.use_cache else None
         self.teacher = _make_teacher(cfg)
+        # Annotations made by this actor in this run: the persistent cache only learns them when the
+        # driver commits, and identical samples recur across batches (same template, other image).
+        self.memo: dict[str, list[str]] = {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
@@ -103,27 +105,35 @@ class SkillAnnotator:
         keys: list[str | None] = [None] * n
         skills: list[list[str] | None] = [None] * n
         hits: list[bool | None] = [None] * n
+        asked: list[bool | None] = [None] * n
         todo = [i for i in range(n) if status[i] == core.STATUS_OK]
         for i in todo:
             keys[i] = core.annotation_key(instructions[i] or "", answers[i] or "", self.cfg.model, self.cfg.prompt_version)
         from edray.index.store import lookup_cache
 
-        cached = lookup_cache(self.cache, sorted({keys[i] for i in todo})) if self.cache is not None else {}
+        if self.cfg.use_cache:
+            cached = dict(self.memo)
+            cached.update(lookup_cache(self.cache, sorted({keys[i] for i in todo} - set(self.memo))))
+        else:
+            cached = {}
         ask: dict[str, list[int]] = {}
         for i in todo:
             if keys[i] in cached:
-                skills[i], hits[i] = list(cached[keys[i]]), True
+                skills[i], hits[i], asked[i] = list(cached[keys[i]]), True, False
             else:
                 ask.setdefault(keys[i], []).append(i)
         if ask:
             firsts = [rows[0] for rows in ask.values()]
             answers_out = self.teacher([(instructions[i] or "", answers[i] or "") for i in firsts])
-            for rows, out in zip(ask.values(), answers_out):
-                for i in rows:
+            for key, rows, out in zip(ask.keys(), ask.values(), answers_out):
+                for j, i in enumerate(rows):
+                    asked[i] = j == 0
                     if isinstance(out, str):
                         status[i], reasons[i] = core.STATUS_ANNOTATION_FAILED, out
                     else:
-                        skills[i], hits[i] = out, False
+                        skills[i], hits[i] = out, j > 0
+                if not isinstance(out, str) and self.cfg.use_cache and len(self.memo) < 200_000:
+                    self.memo[key] = out
         per_row = (time.perf_counter() - started) / max(len(todo), 1)
         out_tbl = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
         out_tbl = out_tbl.set_column(out_tbl.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
@@ -133,6 +143,7 @@ class SkillAnnotator:
             "skill_text": pa.array(st, pa.string()),
             "annotation_key": pa.array(keys, pa.string()),
             "cache_hit": pa.array(hits, pa.bool_()),
+            "teacher_request": pa.array(asked, pa.bool_()),
             "annotate_s": pa.array([per_row if s == core.STATUS_OK or s == core.STATUS_ANNOTATION_FAILED else 0.0
                                     for s in status], pa.float64()),
         }
@@ -158,19 +169,19 @@ def _parse(text: str, cfg: AnnotateConfig) -> list[str] | str:
 
 
 class _HttpTeacher:
-    """Any OpenAI-compatible endpoint through edray's model client (retries, backoff, timeout)."""
+    """Any OpenAI-compatible endpoint through edray's model client (bounded concurrency, retries with
+    backoff, per-request timeout)."""
 
     def __init__(self, cfg: AnnotateConfig) -> None:
         from edray.serve.client import ClientConfig, ModelClient
 
-        api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self.cfg = cfg
         self.client = ModelClient(
             ClientConfig(
                 base_url=cfg.base_url,
                 model=cfg.model,
-                api_key=api_key or None,
-                concurrency=cfg.concurrency,
+                api_key_env=cfg.api_key_env,
+                max_concurrency=cfg.concurrency,
                 timeout_s=cfg.timeout_s,
                 max_retries=cfg.max_retries,
                 backoff_s=cfg.backoff_s,
@@ -178,16 +189,15 @@ class _HttpTeacher:
         )
 
     def __call__(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
-        from edray.serve.engine import ChatRequest
+        from edray.serve.client import Result
 
-        requests = [
-            ChatRequest(model=self.cfg.model, messages=annotation_messages(ins, ans), max_tokens=self.cfg.max_tokens)
-            for ins, ans in pairs
-        ]
+        requests = [{"messages": annotation_messages(ins, ans), "max_tokens": self.cfg.max_tokens} for ins, ans in pairs]
         out: list[list[str] | str] = []
-        for res in _run(self.client.chat_many(requests)):
-            text = getattr(res, "text", None)
-            out.append(_parse(text, self.cfg) if text is not None else f"teacher request failed: {getattr(res, 'error', res)}")
+        for res in self.client.chat_many(requests, progress=False):
+            if isinstance(res, Result):
+                out.append(_parse(res.text, self.cfg))
+            else:
+                out.append(f"teacher request failed after {res.attempts} attempt(s): {res.reason}")
         return out
 
 
@@ -198,7 +208,7 @@ class _WorldTeacher:
         from edray.world.teacher import WorldTeacher
 
         self.cfg = cfg
-        self.engine = WorldTeacher.load(cfg.world_path) if cfg.world_path else WorldTeacher()
+        self.engine = WorldTeacher(cfg.world_teacher)
 
     def __call__(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
         return _run(self._all(pairs))
@@ -293,7 +303,7 @@ def build_pipeline(config: IndexConfig, db_uri: str, known_ref: Any) -> Any:
         ds = ds.map_batches(
             SkillAnnotator,
             fn_constructor_kwargs={"cfg": a, "db_uri": db_uri, "storage_options": config.store.storage_options,
-                                   "cache_name": config.store.table + CACHE_SUFFIX},
+                                   "cache_name": config.store.cache_table},
             batch_format="pyarrow",
             batch_size=a.batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=a.actors, max_size=a.actors),
@@ -333,7 +343,7 @@ def annotate_with_vllm(ds: Any, config: IndexConfig, db_uri: str) -> Any:
     ds = ds.map_batches(
         _CacheLookup,
         fn_constructor_kwargs={"cfg": a, "db_uri": db_uri, "storage_options": config.store.storage_options,
-                               "cache_name": config.store.table + CACHE_SUFFIX},
+                               "cache_name": config.store.cache_table},
         batch_format="pyarrow",
         batch_size=a.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
@@ -392,7 +402,8 @@ def _vllm_postprocess(row: dict[str, Any], max_skills: int) -> dict[str, Any]:
     out = {k: row[k] for k in keep}
     out.update(messages=row["_orig_messages"], status=status, reason=reason, skills=skills,
                skill_text=core.skill_text(skills) if skills else None, annotation_key=row["annotation_key"],
-               cache_hit=row["cache_hit"], annotate_s=0.0)
+               cache_hit=row["cache_hit"], teacher_request=row["status"] == core.STATUS_OK and not row["cache_hit"],
+               annotate_s=0.0)
     return out
 
 
@@ -403,7 +414,7 @@ class _Writer:
         self.config = config
         self.db = db
         self.table_name = config.store.table
-        self.cache_name = config.store.table + CACHE_SUFFIX
+        self.cache_name = config.store.cache_table
         self.pending: list[pa.Table] = []
         self.pending_cache: list[pa.Table] = []
         self.pending_rows = 0
@@ -411,7 +422,7 @@ class _Writer:
         self.quarantine: list[pa.Table] = []
         self.failures: list[pa.Table] = []
         self.counts = {k: 0 for k in ("rows_in", "valid", "already_indexed", "quarantined", "duplicates",
-                                      "annotate_rows", "annotated", "cache_hits", "annotation_failures",
+                                      "annotate_rows", "annotated", "teacher_requests", "cache_hits", "annotation_failures",
                                       "embedded", "indexed", "commits")}
         self.busy = {"annotate": 0.0, "embed": 0.0, "write": 0.0}
 
@@ -428,6 +439,7 @@ class _Writer:
         c["already_indexed"] += n_known
         c["annotate_rows"] += n_ok + n_failed
         c["cache_hits"] += hits
+        c["teacher_requests"] += pc.sum(pc.fill_null(batch.column("teacher_request"), False)).as_py() or 0
         c["annotated"] += n_ok - hits
         c["annotation_failures"] += n_failed
         c["embedded"] += n_ok
@@ -544,10 +556,10 @@ def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> 
         raise ValueError(f"no valid row to index in {config.pool}: see {stage.path / QUARANTINE}")
     total = table.count_rows()
     s = config.store
-    plan = core.plan_vector_index(total, s.vector_index, s.metric, s.exact_below_rows, s.rows_per_partition,
+    plan = core.plan_vector_index(total, s.vector_index, s.metric, s.exact_below_rows, s.num_partitions,
                                   s.hnsw_m, s.hnsw_ef_construction)
     t0 = time.perf_counter()
-    built = refresh_indexes(table, plan, s.fts, open_table(db, config.store.table + CACHE_SUFFIX))
+    built = refresh_indexes(table, plan, s.fts, open_table(db, config.store.cache_table))
     index_s = time.perf_counter() - t0
     wall = time.perf_counter() - started
     counts = dict(writer.counts, table_rows=total)
@@ -558,7 +570,7 @@ def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> 
     info = {"uri": db_uri, "table": config.store.table, "storage_options": s.storage_options,
             "embed_model": config.embed.model_path, "embed_text": config.embed.text, "normalize": config.embed.normalize,
             "max_seq_length": config.embed.max_seq_length, "metric": s.metric, "rrf_k": config.search.rrf_k,
-            "nprobes": config.search.nprobes, "payload": s.payload, "version": table.version}
+            "nprobes": config.search.nprobes or core.auto_nprobes(plan.num_partitions), "payload": s.payload, "version": table.version}
     stage.counts.update({k: int(v) for k, v in counts.items()})
     stage.metrics.update({"stages": summary["stages"], "rows_per_s": summary["rows_per_s"],
                           "index_build_s": summary["index_build_s"], "vector_index": summary["vector_index"]})

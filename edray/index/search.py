@@ -36,6 +36,12 @@ class IndexHandle:
     nprobes: int
     info: dict[str, Any]
 
+    def search(self, query_text: str, mode: "Mode" = "hybrid", k: int = 10,
+               filters: str | dict[str, Any] | None = None, **kwargs: Any) -> pa.Table:
+        """:func:`search` on this index with its embedder, metric, fusion constant and probes."""
+        opts: dict[str, Any] = {"metric": self.metric, "rrf_k": self.rrf_k, "nprobes": self.nprobes, **kwargs}
+        return search(self.table, query_text, mode=mode, k=k, filters=filters, embed=self.embed, **opts)
+
 
 def load_embedder(model_path: str | None, device: str | None = None, trust_remote_code: bool = False,
                   normalize: bool = True, max_seq_length: int = 128) -> Embed:
@@ -192,7 +198,7 @@ def search(
 def _bm25(table: Any, text: str, k: int, where: str | None, cols: list[str]) -> pa.Table:
     if not text.strip():
         return _empty(table, cols)
-    q = table.search(text, query_type="fts", fts_columns="skill_text").limit(k).select(cols)
+    q = table.search(text, query_type="fts", fts_columns="skill_text").limit(k).select([*cols, "_score"])
     if where:
         q = q.where(where, prefilter=True)
     out = q.to_arrow()
@@ -204,7 +210,7 @@ def _dense(table: Any, text: str, k: int, where: str | None, cols: list[str], em
     if embed is None:
         raise ValueError("dense and hybrid search need an embedder (embed=...)")
     vec = embed([text])[0]
-    q = table.search(vec, vector_column_name="vector").distance_type(metric).limit(k).nprobes(nprobes).select(cols)
+    q = table.search(vec, vector_column_name="vector").distance_type(metric).limit(k).nprobes(nprobes).select([*cols, "_distance"])
     if refine_factor:
         q = q.refine_factor(refine_factor)
     if where:

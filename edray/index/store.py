@@ -127,12 +127,18 @@ def refresh_indexes(table: Any, plan: VectorIndexPlan, fts: bool, cache_table: A
     if fts and FTS_INDEX not in existing:
         table.create_index("skill_text", config=FTS(), name=FTS_INDEX)
         done["created"].append(FTS_INDEX)
-    if plan.index_type is not None and VECTOR_INDEX not in existing:
+    # An IVF index trained on a much smaller table has too few, too crowded partitions: retrain it
+    # when the table has grown past 4x the rows it was trained on.
+    stale = False
+    if plan.index_type is not None and VECTOR_INDEX in existing:
+        trained = table.index_stats(VECTOR_INDEX).num_indexed_rows
+        stale = trained * 4 < table.count_rows()
+    if plan.index_type is not None and (VECTOR_INDEX not in existing or stale):
         kind = {"IVF_SQ": IvfSq, "IVF_HNSW_SQ": HnswSq, "IVF_FLAT": IvfFlat}[plan.index_type]
         kwargs: dict[str, Any] = {"distance_type": plan.metric, "num_partitions": plan.num_partitions}
         if plan.index_type == "IVF_HNSW_SQ":
             kwargs.update(m=plan.m, ef_construction=plan.ef_construction)
-        table.create_index("vector", config=kind(**kwargs), name=VECTOR_INDEX)
+        table.create_index("vector", config=kind(**kwargs), name=VECTOR_INDEX, replace=True)
         done["created"].append(VECTOR_INDEX)
     # optimize() compacts small commits and adds unindexed rows to every existing index.
     table.optimize()

@@ -108,12 +108,19 @@ def test_table_rows_and_cache_rows() -> None:
 
 
 def test_plan_vector_index_by_size() -> None:
-    assert core.plan_vector_index(1000, "auto", "cosine", 50_000, 4096).index_type is None
-    big = core.plan_vector_index(1_000_000, "auto", "cosine", 50_000, 4096)
-    assert big.index_type == "IVF_SQ" and big.num_partitions == 244
-    assert core.plan_vector_index(1_000_000, "none", "cosine", 50_000, 4096).index_type is None
-    h = core.plan_vector_index(100_000, "IVF_HNSW_SQ", "l2", 0, 4096, hnsw_m=16)
+    assert core.plan_vector_index(1000, "auto", "cosine", 50_000).index_type is None
+    big = core.plan_vector_index(1_000_000, "auto", "cosine", 50_000)
+    assert big.index_type == "IVF_SQ" and big.num_partitions == 1000
+    assert core.plan_vector_index(1_000_000, "none", "cosine", 50_000).index_type is None
+    h = core.plan_vector_index(100_000, "IVF_HNSW_SQ", "l2", 0, 24, hnsw_m=16)
     assert (h.index_type, h.num_partitions, h.m) == ("IVF_HNSW_SQ", 24, 16)
+
+
+def test_auto_nprobes() -> None:
+    assert core.auto_nprobes(0) == 1
+    assert core.auto_nprobes(100) == 16
+    assert core.auto_nprobes(1000) == 100
+    assert core.auto_nprobes(10) == 10
 
 
 def test_rrf_fuse_hand_computed() -> None:
