@@ -61,6 +61,12 @@ class PoolConfig(EdrayModel):
         neg = [k for k, v in self.mix.items() if v < 0]
         if neg:
             raise ValueError(f"mix weights must be >= 0: {neg}")
+        from edray.world.skills import SKILL_NAMES  # imported here: the task modules import this one
+        from edray.world.tasks import SOURCE_TASK_BY_NAME
+
+        unknown = sorted(k for k in self.mix if k not in SKILL_NAMES and k not in SOURCE_TASK_BY_NAME)
+        if unknown:
+            raise ValueError(f"mix: unknown skill or source-task names {unknown}; skills: {', '.join(SKILL_NAMES)}")
         return self
 
 
@@ -74,6 +80,15 @@ class EvalConfig(EdrayModel):
     target_tasks: list[str] = Field(
         default_factory=list, description="Target tasks to write; empty means all of them."
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        from edray.world.tasks import TARGET_TASK_BY_NAME
+
+        unknown = [t for t in self.target_tasks if t not in TARGET_TASK_BY_NAME]
+        if unknown:
+            raise ValueError(f"unknown target tasks {unknown}; known: {', '.join(TARGET_TASK_BY_NAME)}")
+        return self
 
 
 class TeacherNoise(EdrayModel):

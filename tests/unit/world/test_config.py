@@ -23,6 +23,8 @@ def test_defaults_validate_and_overrides_apply() -> None:
         ("pool.formats=[csv]", "formats"),
         ("teacher.noise.failed=1.5", "teacher.noise.failed"),
         ("pool.colour=1", "unknown field"),
+        ("pool.mix.juggling=1", "unknown skill or source-task"),
+        ("eval.target_tasks=[nope]", "unknown target tasks"),
     ],
 )
 def test_bad_values_name_the_field(override: str, needle: str) -> None:
