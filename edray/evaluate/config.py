@@ -50,9 +50,7 @@ class GenerationConfig(EdrayModel):
     )
     max_tokens: int = Field(256, ge=1, le=32768, description="Upper bound on generated tokens per answer.")
     batch_size: int = Field(32, ge=1, le=4096, description="transformers backend: prompts per generate() batch.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="transformers backend: weights dtype.")
     torch_threads: int = Field(0, ge=0, le=1024, description="transformers backend: torch threads (0: torch's default).")
-    trust_remote_code: bool = Field(False, description="Run code shipped in a model folder (off: safetensors only).")
 
     @model_validator(mode="after")
     def _family_known(self) -> "GenerationConfig":
@@ -77,7 +75,8 @@ class EvaluateConfig(EdrayModel):
     )
     backend: Literal["transformers", "serve"] = Field(
         "transformers",
-        description="transformers: load each model in-process (batched greedy; the CPU default). "
+        description="transformers: load each model in-process (batched greedy, float32, safetensors, no remote code; the CPU "
+        "default). "
         "serve: ask an OpenAI-compatible endpoint through the model client.",
     )
     client: ClientConfig = Field(

@@ -23,8 +23,9 @@ A model call that fails is recorded in the row's ``failure`` column and scored w
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from edray.schemas import (
     EVAL_PREDICTIONS_SCHEMA,
     EVAL_SCORES,
     EVAL_SCORES_SCHEMA,
+    IMAGE_PLACEHOLDER,
     TRAIN_ADAPTER,
     TRAIN_MODEL,
 )
@@ -127,109 +129,79 @@ def resolve_model(spec: ModelSpec, base: ModelSpec) -> ResolvedModel:
 
 
 class TransformersStudent:
-    """A model loaded in-process that answers prompts in batches, greedily.
+    """A model answered in-process by the world student's batched greedy generation
+    (:func:`edray.world.student_eval.evaluate_student`).
+
+    A LoRA adapter is merged into a copy of its base model in a temporary folder first, since that
+    generation loads a model folder.
 
     Args:
         model: where the weights are (a model folder, optionally a peft adapter over it).
-        config: decoding settings (batch size, dtype, threads, trust_remote_code).
+        config: decoding settings (batch size, max tokens, threads).
+        scratch: folder for the merged copy of an adapter model (removed by the caller).
 
     Raises:
         FileNotFoundError: the folder holds no safetensors weights.
     """
 
-    def __init__(self, model: ResolvedModel, config: Any) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
+    def __init__(self, model: ResolvedModel, config: Any, scratch: Path) -> None:
         assert model.path is not None
         if not any(Path(model.path).glob("*.safetensors")):
             raise FileNotFoundError(f"model {model.name!r}: {model.path} holds no .safetensors weights")
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
         self.config = config
-        self.processor = AutoProcessor.from_pretrained(model.path, trust_remote_code=config.trust_remote_code)
-        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        # Batched generation of a decoder-only model needs the prompts aligned on the right.
-        self.tokenizer.padding_side = "left"
-        net = AutoModelForImageTextToText.from_pretrained(
-            model.path,
-            use_safetensors=True,
-            trust_remote_code=config.trust_remote_code,
-            dtype=getattr(torch, config.dtype),
-        )
-        if model.adapter:
-            from peft import PeftModel
-
-            net = PeftModel.from_pretrained(net, model.adapter)
-        self.model = net.eval()
-        eos = self.model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            self.eos.add(self.tokenizer.eos_token_id)
-
-    def _encode(self, prompts: Sequence[str], images: Sequence[Sequence[bytes]]) -> dict[str, Any]:
-        from PIL import Image
-
-        texts, pics = [], []
-        for prompt, imgs in zip(prompts, images):
-            # The same message layout the serve client sends: the images first, then the text.
-            content = [{"type": "image"} for _ in imgs] + [{"type": "text", "text": prompt}]
-            texts.append(
-                self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
-            )
-            pics.extend(Image.open(io.BytesIO(b)).convert("RGB") for b in imgs)
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
-        if pics:
-            kwargs["images"] = pics
-        return dict(self.processor(**kwargs))
+        self.folder = merge_adapter(model.path, model.adapter, scratch / model.name) if model.adapter else Path(model.path)
 
     def _generate(self, prompts: Sequence[str], images: Sequence[Sequence[bytes]]) -> list[str]:
-        import torch
+        from edray.world.student_eval import evaluate_student
 
-        inputs = self._encode(prompts, images)
-        n_prompt = int(inputs["input_ids"].shape[1])
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=self.config.max_tokens,
-                do_sample=False,
-                temperature=None,
-                top_k=None,
-                top_p=None,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        texts = []
-        for seq in out[:, n_prompt:].tolist():
-            cut = next((i for i, t in enumerate(seq) if t in self.eos), len(seq))
-            texts.append(self.tokenizer.decode(seq[:cut], skip_special_tokens=True))
-        return texts
+        rows = [
+            # The layout the serve client sends (images first, then the text), as one content string.
+            {"id": str(i), "images": list(imgs), "messages": [{"role": "user", "content": "\n".join([IMAGE_PLACEHOLDER] * len(imgs) + [p])}],
+             "answer": "", "answer_type": "open", "choices": None}
+            for i, (p, imgs) in enumerate(zip(prompts, images))
+        ]  # fmt: skip
+        report = evaluate_student(
+            self.folder, rows, batch_size=self.config.batch_size, max_new_tokens=self.config.max_tokens,
+            torch_threads=self.config.torch_threads or None,
+        )  # fmt: skip
+        by_id = {p["id"]: p["reply"] for p in report.predictions}
+        return [by_id[str(i)] for i in range(len(rows))]
 
     def answer(self, prompts: Sequence[str], images: Sequence[Sequence[bytes]]) -> list[tuple[str | None, str | None]]:
         """Greedy answers, ``(text, None)`` or ``(None, failure)`` per prompt, in order.
 
-        Batches hold rows with the same number of images; a batch that fails is retried row by row so
-        that one bad row (an unreadable image, a prompt too long) fails alone.
+        When the batched pass fails (an unreadable image, a prompt too long), rows are answered one by
+        one so that a bad row fails alone and the others still count.
         """
-        out: list[tuple[str | None, str | None]] = [(None, "not answered")] * len(prompts)
-        groups: dict[int, list[int]] = {}
-        for i, imgs in enumerate(images):
-            groups.setdefault(len(imgs), []).append(i)
-        bs = self.config.batch_size
-        for idx in groups.values():
-            for start in range(0, len(idx), bs):
-                chunk = idx[start : start + bs]
-                try:
-                    texts = self._generate([prompts[i] for i in chunk], [images[i] for i in chunk])
-                    for i, t in zip(chunk, texts):
-                        out[i] = (t, None)
-                except Exception as exc:  # noqa: BLE001 - isolate the failing row below
-                    log.warning("evaluate: batch of %d failed (%s); answering row by row", len(chunk), exc)
-                    for i in chunk:
-                        try:
-                            out[i] = (self._generate([prompts[i]], [images[i]])[0], None)
-                        except Exception as one_exc:  # noqa: BLE001 - recorded as the row's failure
-                            out[i] = (None, f"{type(one_exc).__name__}: {one_exc}"[:500])
+        try:
+            return [(t, None) for t in self._generate(prompts, images)]
+        except Exception as exc:  # noqa: BLE001 - isolate the failing rows below
+            log.warning("evaluate: batched answering failed (%s); answering row by row", exc)
+        out: list[tuple[str | None, str | None]] = []
+        for p, imgs in zip(prompts, images):
+            try:
+                out.append((self._generate([p], [imgs])[0], None))
+            except Exception as exc:  # noqa: BLE001 - recorded as the row's failure
+                out.append((None, f"{type(exc).__name__}: {exc}"[:500]))
         return out
+
+
+def merge_adapter(base: str, adapter: str, out: Path) -> Path:
+    """Merge a peft LoRA adapter into its base model and save the result (with the base's processor).
+
+    Returns:
+        ``out``, a model folder transformers loads.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    net = AutoModelForImageTextToText.from_pretrained(base, use_safetensors=True, trust_remote_code=False, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(net, adapter).merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out, safe_serialization=True)
+    AutoProcessor.from_pretrained(base, trust_remote_code=False).save_pretrained(out)
+    return out
 
 
 def answer_with_client(
@@ -286,6 +258,40 @@ def predict(
     return out
 
 
+def _answer_all(
+    models: Sequence[ResolvedModel],
+    suites: dict[str, list[dict[str, Any]]],
+    prompts: dict[str, list[str]],
+    images: dict[str, list[list[bytes]]],
+    config: EvaluateConfig,
+    client: Any,
+    scratch: Path,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Every model's scored predictions on every suite, and the seconds each model took."""
+    predictions: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
+    for model in models:
+        t0 = time.time()
+        if config.backend == "transformers":
+            answer = TransformersStudent(model, config.generation, scratch).answer
+        else:
+            from edray.serve.client import ModelClient
+
+            cl = client or ModelClient(config.client.model_copy(update={"model": model.served_name}))
+            answer = lambda p, i, cl=cl, m=model: answer_with_client(cl, m.served_name, p, i, config.generation.max_tokens)  # noqa: E731
+        # One pass over both suites: the in-process backend loads the model once per call.
+        names = list(suites)
+        replies = answer([p for s in names for p in prompts[s]], [i for s in names for i in images[s]])
+        offset = 0
+        for suite in names:
+            rows = suites[suite]
+            predictions += predict(replies[offset : offset + len(rows)], rows, model, suite, config)
+            offset += len(rows)
+        timings[model.name] = round(time.time() - t0, 3)
+        log.info("evaluate: %s answered in %.1f s", model.name, timings[model.name])
+    return predictions, timings
+
+
 def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client: Any = None) -> Path:
     """Run the evaluate stage (skipped when a completed output has the same config and inputs).
 
@@ -326,23 +332,11 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
     started = time.time()
     predictions: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
-    for model in models:
-        t0 = time.time()
-        if config.backend == "transformers":
-            student = TransformersStudent(model, config.generation)
-            answer = student.answer
-        else:
-            from edray.serve.client import ModelClient
-
-            cl = client or ModelClient(config.client.model_copy(update={"model": model.served_name}))
-            answer = lambda p, i, cl=cl, m=model: answer_with_client(cl, m.served_name, p, i, config.generation.max_tokens)  # noqa: E731
-        for suite, rows in suites.items():
-            predictions += predict(answer(prompts[suite], images[suite]), rows, model, suite, config)
-        timings[model.name] = round(time.time() - t0, 3)
-        log.info("evaluate: %s answered in %.1f s", model.name, timings[model.name])
-        if config.backend == "transformers":
-            del student
-
+    scratch = Path(tempfile.mkdtemp(prefix="edray-evaluate-"))
+    try:
+        predictions, timings = _answer_all(models, suites, prompts, images, config, client, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     scores = core.accuracy_table(predictions)
     summary = core.summarize(scores, models[0].name, config.cap_retention)
     with stage.commit(config, fp, inputs=inputs) as tmp:
