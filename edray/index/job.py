@@ -386,7 +386,7 @@ class _CacheLookup:
 def _vllm_preprocess(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     needs = row["status"] == core.STATUS_OK and not row["cache_hit"]
     messages = annotation_messages(row["instruction"] or "", row["answer"] or "") if needs else [{"role": "user", "content": "."}]
-    return {**row, "messages_llm": None, "messages": messages,
+    return {**row, "messages": messages,
             "sampling_params": {"temperature": 0.0, "max_tokens": max_tokens if needs else 1},
             "_orig_messages": row["messages"]}
 
