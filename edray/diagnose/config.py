@@ -245,7 +245,11 @@ class DiagnoseConfig(EdrayModel):
     """The diagnose stage: the student's mistakes on the validation set, located and named."""
 
     validation: str = Field(
-        ..., min_length=1, max_length=4096, description="Validation set: a Parquet file or folder in EVAL_SCHEMA."
+        "worlds/w0/eval/locate_item/validation.parquet",
+        min_length=1,
+        max_length=4096,
+        description="Validation set: a Parquet file or folder in EVAL_SCHEMA (default: a target task of the "
+        "world that `edray world generate --out worlds/w0` writes).",
     )
     task: Optional[str] = Field(
         None, max_length=256, description="Keep only rows whose source_task is this (default: all rows)."
