@@ -205,6 +205,43 @@ def world_generate(
     console.print(f"world written to {path}")
 
 
+register_config("world_pretrain", "edray.world.pretrain:PretrainConfig")
+
+
+@world_app.command("pretrain")
+def world_pretrain(
+    out: Annotated[Path, typer.Option("--out", help="Student folder to write (a Hugging Face LLaVA folder).")],
+    ci: Annotated[bool, typer.Option("--ci", help="Start from the CI-sized recipe (small student, ~2 minutes).")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Pretrain the world's student from random weights on a generic mix with designed skill gaps
+    (Ray Train). Cached: the same config returns the existing folder at once."""
+    import json as _json
+
+    from edray.world import pretrain
+
+    overrides = list(set_ or [])
+    if ci:
+        base = _flatten(pretrain.PretrainConfig.ci().model_dump(mode="json"))
+        overrides = [f"{k}={_json.dumps(v)}" for k, v in base.items()] + overrides
+    cfg = load_stage_config("world_pretrain", config, overrides)
+    path = pretrain.pretrain_student(cfg, out, force=force)
+    console.print(f"student written to {path}")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (dict-valued leaves such as mixes stay whole)."""
+    out: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "mix":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 # --- index ---------------------------------------------------------------------------------------------
 register_config("index", "edray.index.config:IndexConfig")
 
