@@ -32,6 +32,8 @@ REASONS: dict[str, str] = {
     "invalid JSON": "a JSONL line or a LLaVA JSON element is not valid JSON",
     "invalid UTF-8": "bytes that are not UTF-8 text (or a lone surrogate escape) in a line or a text field",
     "not an object": "the record is not a JSON object / mapping",
+    "record too large": "a JSONL line longer than the limits allow for one sample (images as base64 and every turn at full length, plus 1 MiB)",
+    "invalid record": "a record the normalizer could not handle; the details name the error",
     "missing field": "a required field is absent or null",
     "wrong type": "a field has the wrong type (e.g. messages is a string, id is a list)",
     "empty conversation": "messages / conversations is an empty list",
@@ -426,6 +428,12 @@ def _eval_fields(raw: dict[str, Any], cfg: ReadConfig, default_split: str | None
         split = default_split or cfg.split
     split = _scalar_text(split, "split", cfg)
     return {"answer": answer, "choices": choices, "answer_type": answer_type, "split": split}
+
+
+def max_record_bytes(cfg: ReadConfig) -> int:
+    """The longest serialized record the limits allow (images as base64, every turn at full length), plus
+    1 MiB of slack: a longer JSONL line cannot hold a valid sample and is not parsed."""
+    return cfg.max_images * (cfg.max_image_bytes * 4 // 3 + 64) + cfg.max_turns * cfg.max_text_chars * 6 + (1 << 20)
 
 
 def raw_excerpt(raw: Any, limit: int) -> str | None:

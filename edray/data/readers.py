@@ -29,6 +29,7 @@ from edray.data.core import (
     image_error,
     image_path_of,
     mark_duplicates_in_table,
+    max_record_bytes,
     normalize_record,
     quarantine_row,
     raw_excerpt,
@@ -271,8 +272,12 @@ class _UnitReader:
         self.rows: list[dict[str, Any]] = []
 
     def add(self, raw: Any, source: str, position: int | None, base_dir: Path, **defaults: Any) -> None:
-        resolved = _resolve_images(raw, base_dir, self.cfg)
-        row, qrow = normalize_record(resolved, self.kind, source, position, self.cfg, **defaults)
+        try:
+            resolved = _resolve_images(raw, base_dir, self.cfg)
+            row, qrow = normalize_record(resolved, self.kind, source, position, self.cfg, **defaults)
+        except Exception as exc:  # a shape no rule anticipated must cost one record, not the read
+            self.bad(source, position, "<record>", f"invalid record: {type(exc).__name__}: {exc}", raw)
+            return
         if qrow is not None and resolved is not raw:
             qrow["raw"] = raw_excerpt(raw, self.cfg.raw_chars)
         self.rows.append(read_row(row, qrow, self.kind, source, position))
@@ -360,18 +365,31 @@ class _UnitReader:
         path, start, stop = unit["path"], unit["start"], unit["stop"]
         base_dir = Path(path).parent
         line_no = unit["first_line"]
+        limit = max_record_bytes(self.cfg)
         with open(path, "rb") as f:
             if start > 0:
                 # The line that straddles `start` belongs to the previous chunk.
                 f.seek(start - 1)
-                skipped = f.readline()
-                if skipped != b"\n":
+                skipped = f.readline(1 << 20)
+                straddles = skipped != b"\n"
+                while skipped and not skipped.endswith(b"\n"):
+                    skipped = f.readline(1 << 20)
+                if straddles:
                     line_no += 1
             while f.tell() < stop:
-                line = f.readline()
+                line = f.readline(limit + 1)
                 if not line:
                     break
-                self._parse_line(line.rstrip(b"\r\n"), path, line_no, base_dir)
+                if len(line) > limit and not line.endswith(b"\n"):
+                    # Never hold an unbounded line in memory: skip to its end and report it.
+                    size = len(line)
+                    while line and not line.endswith(b"\n"):
+                        line = f.readline(1 << 20)
+                        size += len(line)
+                    self.bad(path, line_no, "<record>", f"record too large: line of {size} bytes > {limit} bytes "
+                             "(the most the image and text limits allow)", None)
+                else:
+                    self._parse_line(line.rstrip(b"\r\n"), path, line_no, base_dir)
                 line_no += 1
                 yield from self.flush()
 
