@@ -215,7 +215,10 @@ def answer_with_client(
         {"model": served_name, "messages": [user_message(p, list(imgs))], "max_tokens": max_tokens, "temperature": 0.0}
         for p, imgs in zip(prompts, images)
     ]
-    results = asyncio.run(client.achat_many(payloads, progress=False))
+    if hasattr(client, "chat_many"):
+        results = client.chat_many(payloads, progress=False)
+    else:  # an in-process engine client offers only the async form
+        results = asyncio.run(client.achat_many(payloads, progress=False))
     out: list[tuple[str | None, str | None]] = []
     for r in results:
         if isinstance(r, Failure):

@@ -313,7 +313,17 @@ def errors_section(run_dir: Path, ks: list[int], max_errors: int, max_samples: i
             continue
         if completed(run_dir, "select", k) is None:
             head += core.missing("No selection yet for this round: retrieved samples appear after `edray select`.")
-        parts.append(head + "".join(core.render_error(v, expanded=i == 0) for i, v in enumerate(views)))
+        # Grouped by the teacher's missing skill, largest group first, so a gap's errors read together.
+        groups: dict[str, list[core.ErrorView]] = defaultdict(list)
+        for v in views:
+            groups[v.gap or v.skill or "(no skill named)"].append(v)
+        body, first = [], True
+        for name, members in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0])):
+            body.append(f'<h4 class="group">{core.esc(name)} ({len(members)})</h4>')
+            for v in members:
+                body.append(core.render_error(v, expanded=first))
+                first = False
+        parts.append(head + "".join(body))
     return "".join(parts) or core.missing("No diagnosis yet: run `edray diagnose` to browse the student's errors.")
 
 
