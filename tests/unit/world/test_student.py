@@ -137,3 +137,54 @@ def test_folder_loads_and_trains_one_step_with_answer_only_labels(tiny_dir):
     assert any("vision_tower" in n and g.abs().sum() > 0 for n, g in grads.items())
     assert any("lm_head" in n and g.abs().sum() > 0 for n, g in grads.items())
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+def _eval_row(i: int, question: str, answer: str, answer_type: str, skill: str, choices=None) -> dict:
+    import json
+
+    row = _row(i, question, answer)
+    row.update(
+        answer=answer, answer_type=answer_type, choices=choices, source_task=skill,
+        metadata=json.dumps({"world": {"skills": [skill]}}), skills=None,
+    )
+    return row
+
+
+def test_evaluate_student_scores_every_row_per_skill(tiny_dir):
+    from edray.world.student_eval import evaluate_student
+
+    rows = [
+        _eval_row(1, "What color is the square?", "red", "open", "color_recognition"),
+        _eval_row(2, "What color is the square?", "blue", "open", "color_recognition"),
+        _eval_row(3, "Is there a blue circle? Answer yes or no.", "no", "yes_no", "color_existence", ["yes", "no"]),
+    ]
+    report = evaluate_student(tiny_dir, rows, batch_size=2, max_new_tokens=6, restricted=True)
+    assert report.counts == {"color_existence": 1, "color_recognition": 2}
+    assert len(report.predictions) == 3
+    for p in report.predictions:
+        assert p["correct"] == (p["prediction"].strip().lower() == p["gold"])
+    assert 0.0 <= report.overall <= 1.0
+    # Restricted argmax always picks one of the possible answers, so each row gets a verdict.
+    assert all(isinstance(p["restricted_correct"], bool) for p in report.predictions)
+    assert set(report.restricted) == {"color_existence", "color_recognition"}
+
+
+def test_pretrain_encoding_pads_back_to_the_shared_collate(tiny_dir):
+    from transformers import AutoProcessor
+
+    from edray.world.pretrain import _encode_rows, _pad_batch
+
+    proc = AutoProcessor.from_pretrained(tiny_dir)
+    rows = [_row(1, "What color is the square?", "red"), _row(2, "Is there a blue circle?", "Step 1: There is no blue circle.\nAnswer: no")]
+    ref = collate_rows(proc, rows)
+    batch = _pad_batch(_encode_rows(proc, rows, 128, chunk=1), proc.tokenizer.pad_token_id)
+    for key in ("input_ids", "attention_mask", "labels", "pixel_values"):
+        assert torch.equal(batch[key], ref[key]), key
+
+
+def test_pretrain_config_rejects_image_size_mismatch():
+    from edray.world.pretrain import PretrainConfig
+
+    with pytest.raises(ValueError, match="patch-aligned"):
+        PretrainConfig(scene={"image_size": 64, "grid": 2})
+    assert PretrainConfig.ci().student.text_hidden == 64
