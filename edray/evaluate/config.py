@@ -66,6 +66,12 @@ class EvaluateConfig(EdrayModel):
         ..., min_length=1, max_length=64, description="Target test split(s): Parquet files or folders in EVAL_SCHEMA."
     )
     general: str = Field(..., min_length=1, max_length=4096, description="General suite: a Parquet file or folder in EVAL_SCHEMA.")
+    split: Optional[str] = Field(
+        "test",
+        max_length=64,
+        description="Keep only rows whose split column is this (a world folder holds validation and test rows; "
+        "scoring on validation rows would measure what diagnose already saw). null keeps every row.",
+    )
     round: int = Field(0, ge=0, le=1000, description="Round index k: output goes to round_<k>/evaluate.")
     limit_target: Optional[int] = Field(None, ge=1, le=10_000_000, description="Use only the first N target rows (by id).")
     limit_general: Optional[int] = Field(None, ge=1, le=10_000_000, description="Use only the first N general rows (by id).")

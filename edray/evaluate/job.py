@@ -57,8 +57,13 @@ REQUIRED_COLUMNS = ("id", "source_task", "images", "messages", "answer", "answer
 # --- reading -----------------------------------------------------------------------------------------
 
 
-def read_suite(paths: Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
+def read_suite(paths: Sequence[str], limit: int | None = None, split: str | None = None) -> list[dict[str, Any]]:
     """Evaluation rows from one or more Parquet files or folders, in a stable order (by id).
+
+    Args:
+        paths: Parquet files or folders in ``EVAL_SCHEMA``.
+        limit: keep the first N rows (by id).
+        split: keep only rows of this split (``None``: all).
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -73,7 +78,7 @@ def read_suite(paths: Sequence[str], limit: int | None = None) -> list[dict[str,
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"evaluation split {p}: missing column(s) {missing}; expected EVAL_SCHEMA")
-        rows.extend(table.to_pylist())
+        rows.extend(r for r in table.to_pylist() if split is None or r.get("split") == split)
     seen: set[str] = set()
     for r in rows:
         r["id"] = str(r["id"])
@@ -84,7 +89,7 @@ def read_suite(paths: Sequence[str], limit: int | None = None) -> list[dict[str,
     if limit is not None:
         rows = rows[:limit]
     if not rows:
-        raise ValueError(f"evaluation split(s) {list(paths)}: no rows")
+        raise ValueError(f"evaluation split(s) {list(paths)}: no rows" + (f" of split {split!r}" if split else ""))
     return rows
 
 
@@ -325,8 +330,8 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
         return stage.path
     stage.clean_stale()
     suites = {
-        "target": read_suite(config.target, config.limit_target),
-        "general": read_suite([config.general], config.limit_general),
+        "target": read_suite(config.target, config.limit_target, config.split),
+        "general": read_suite([config.general], config.limit_general, config.split),
     }
     template = config.generation.templates[config.generation.family]
     prompts = {s: [core.render_prompt(r, template) for r in rows] for s, rows in suites.items()}

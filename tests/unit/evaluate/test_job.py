@@ -20,6 +20,12 @@ def test_read_suite_sorts_limits_and_rejects_duplicates(tmp_path):
         read_suite([str(tmp_path / "a.parquet"), str(tmp_path / "a.parquet")])
     with pytest.raises(FileNotFoundError):
         read_suite([str(tmp_path / "missing.parquet")])
+    pq.write_table(generate_eval_rows("corner", "validation", 2, seed=2), tmp_path / "v.parquet")
+    both = [str(tmp_path / "a.parquet"), str(tmp_path / "v.parquet")]
+    assert len(read_suite(both)) == 5
+    assert {r["split"] for r in read_suite(both, split="test")} == {"test"} and len(read_suite(both, split="test")) == 3
+    with pytest.raises(ValueError, match="split 'other'"):
+        read_suite(both, split="other")
     pq.write_table(a.drop_columns(["answer"]), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="answer"):
         read_suite([str(tmp_path / "bad.parquet")])
