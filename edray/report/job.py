@@ -362,7 +362,7 @@ def build_report(run_dir: str | Path, max_errors: int = 200, max_samples: int = 
         ("training", "Training", training_section(run, ks)),
         ("errors", "Errors", errors_section(run, ks, max_errors, max_samples)),
     ]
-    subtitle = f"run {run.resolve().name} · rounds: {', '.join(map(str, ks)) or 'none'}"
+    subtitle = f"run directory {run} · rounds: {', '.join(map(str, ks)) or 'none'}"
     return core.render_page(f"edray report: {run.resolve().name}", subtitle, sections)
 
 
