@@ -122,3 +122,18 @@ def test_contamination_guard_excludes_planted_duplicates(diagnosed: Path, pipeli
     assert not copied & selected
     assert manifest["counts"]["contaminated_excluded"] >= 5
     assert len(selected) == manifest["counts"]["pool"] - manifest["counts"]["contaminated_excluded"]
+
+
+@pytest.mark.parametrize("unit,query", [("error", "skill"), ("gap", "step"), ("gap", "phrases")])
+def test_units_and_queries(diagnosed: Path, tmp_path: Path, unit: str, query: str) -> None:
+    errors = pq.read_table(diagnosed / "round_0" / "diagnose" / "errors.parquet").to_pylist()
+    _, rows, manifest = _select(diagnosed, tmp_path, unit=unit, query=query, budget=20, mode="hybrid")
+    assert len(rows) == 20
+    targeted = [r for r in rows if r["error_ids"]]
+    assert targeted
+    if unit == "error":
+        assert all(len(r["error_ids"]) == 1 for r in targeted)
+        assert manifest["counts"]["units"] == sum(e["skill"] is not None for e in errors)
+    if query == "step":
+        steps = {e["step_text"] for e in errors if e["step_text"]}
+        assert all(set(r["query"].split(" | ")) <= steps for r in targeted)
