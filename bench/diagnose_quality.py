@@ -27,7 +27,6 @@ real student (``edray diagnose --set student.client.model=...``) the same metric
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import random
