@@ -386,6 +386,47 @@ def serve(
     job.run(cfg)
 
 
+register_config("run", "edray.pipeline.config:RunConfig")
+
+QUICKSTART_CONFIG = Path(__file__).resolve().parent / "pipeline" / "quickstart.yaml"
+
+
+@app.command("run")
+def run_pipeline(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """The whole method: world → student → index → rounds of diagnose → select → train → evaluate → report.
+
+    Every stage is skipped when it already finished with the same config and inputs, so a killed run
+    started again continues from the last finished stage.
+    """
+    from edray.pipeline import job
+    from edray.rundir import new_run_dir
+
+    cfg = load_stage_config("run", config, set_)
+    out = job.run(cfg, run_dir or new_run_dir(), force=force)
+    console.print(f"run finished: {out}  (report: {out / 'report' / 'report.html'})")
+
+
+@app.command("quickstart")
+def quickstart(
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory.")] = Path("runs/quickstart"),
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """`edray run` on the skills world with the shipped quickstart config (about 10 minutes on 2 CPU cores):
+    a generic student with known gaps, its mistakes diagnosed, targeted data selected, a tuned student,
+    its evaluation against a random baseline, and the HTML report."""
+    from edray.pipeline import job
+
+    cfg = load_stage_config("run", QUICKSTART_CONFIG, set_)
+    out = job.run(cfg, run_dir, force=force)
+    console.print(f"quickstart finished: {out}  (report: {out / 'report' / 'report.html'})")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

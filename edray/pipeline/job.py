@@ -1,0 +1,329 @@
+"""``edray run`` / ``edray quickstart``: the whole method, resumable at any point.
+
+Inputs: a :class:`RunConfig` (a world to generate or an existing world folder; a student folder or a
+pretraining recipe; stage sections). Outputs, in the run folder::
+
+    world/                      the skills world (unless world_dir is given)
+    index/ + lancedb/           the annotated, embedded supporting pool
+    round_<k>/diagnose/         answers, errors, gaps of the student of round k
+    round_<k>/select/           the main arm's selection        (arms/<name>/round_0/select for the others)
+    round_<k>/train/            the main arm's tuned student     (arms/<name>/round_0/train for the others)
+    round_<k>/evaluate/         target accuracy, general retention, combined score of base and every arm
+    report/report.html          the HTML report
+
+Every stage commits with ``_SUCCESS`` and is skipped when its config and inputs are unchanged, so a run
+killed anywhere and started again continues from the last finished stage.
+
+Run it with::
+
+    edray run --config jobs/quickstart.yaml --run-dir runs/demo
+    edray quickstart            # the same on the shipped quickstart config
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+
+from edray.config import ConfigError
+from edray.pipeline.config import ArmConfig, RunConfig, validate_section
+from edray.rundir import StageDir, fingerprint
+from edray.schemas import SELECTION, WORLD_EVAL_DIR, WORLD_GENERAL_SUITE, WORLD_POOL_DIR
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+STUDENT_NAME = "student"
+_PLACEHOLDER = "<filled-in-by-run>"
+
+
+@dataclass
+class RunPaths:
+    """Where a run's stages read and write."""
+
+    run_dir: Path
+    world_dir: Path
+    student: Path
+
+    @property
+    def pool(self) -> Path:
+        return self.world_dir / WORLD_POOL_DIR
+
+    def split(self, task: str, split: str) -> Path:
+        return self.world_dir / WORLD_EVAL_DIR / task / f"{split}.parquet"
+
+    def arm_dir(self, arms: list[ArmConfig], arm: ArmConfig) -> Path:
+        """The main arm writes into the run folder; comparison arms into ``arms/<name>``."""
+        return self.run_dir if arm.name == arms[0].name else self.run_dir / "arms" / arm.name
+
+
+@dataclass
+class StageConfigs:
+    """Every stage config of one round, validated, with the run's paths filled in."""
+
+    index: Any
+    diagnose: Any
+    select: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: Any = None
+
+
+def stage_configs(
+    cfg: RunConfig,
+    paths: RunPaths | None = None,
+    round_index: int = 0,
+    base_url: str = "http://127.0.0.1:8011/v1",
+    placeholder: bool = False,
+) -> StageConfigs:
+    """Build and validate each stage's config for one round from the run config.
+
+    Args:
+        cfg: the run config.
+        paths: the run's paths; ignored (placeholders used) when ``placeholder``.
+        round_index: the round k.
+        base_url: the run's Serve application (student and, unless external, teacher).
+        placeholder: validate the sections only (paths are placeholders).
+
+    Raises:
+        ConfigError: a section holds an invalid or unknown field.
+    """
+    from edray.diagnose.config import DiagnoseConfig
+    from edray.evaluate.config import EvaluateConfig
+    from edray.index.config import IndexConfig
+    from edray.select.config import SelectConfig
+    from edray.train.config import TrainConfig
+
+    if placeholder or paths is None:
+        paths = RunPaths(Path(_PLACEHOLDER), Path(_PLACEHOLDER), Path(_PLACEHOLDER))
+    validation = str(paths.split(cfg.task, "validation"))
+    test = str(paths.split(cfg.task, "test"))
+
+    index = validate_section(IndexConfig, {**cfg.index, "pool": str(paths.pool)}, "index")
+
+    diag = _merge(cfg.diagnose, {"validation": validation, "round": round_index})
+    student_client = {"base_url": base_url, "model": STUDENT_NAME, "api_key_env": cfg.serve.api_key_env}
+    diag.setdefault("student", {})
+    diag["student"] = _merge(diag["student"], {"client": _merge(diag["student"].get("client", {}), student_client)})
+    teacher_url = cfg.serve.teacher_base_url or base_url
+    teacher_key = cfg.serve.teacher_api_key_env if cfg.serve.teacher_base_url else cfg.serve.api_key_env
+    diag["teacher"] = _merge(
+        diag.get("teacher", {}), {"base_url": teacher_url, "model": cfg.serve.teacher_model, "api_key_env": teacher_key}
+    )
+    diagnose = validate_section(DiagnoseConfig, diag, "diagnose")
+
+    out = StageConfigs(index=index, diagnose=diagnose)
+    for arm in cfg.arms:
+        sel = _merge(
+            cfg.select,
+            {
+                "round": round_index,
+                "strategy": arm.strategy,
+                "index_dir": str(paths.run_dir / "index"),
+                "diagnose_dir": str(StageDir(paths.run_dir, "diagnose", round_index).path),
+            },
+        )
+        if arm.mode is not None:
+            sel["mode"] = arm.mode
+        if arm.replay_share is not None:
+            sel["replay_share"] = arm.replay_share
+        guard = dict(sel.get("contamination", {}))
+        guard["evaluation"] = sorted(set(guard.get("evaluation", [])) | {validation, test})
+        sel["contamination"] = guard
+        out.select[arm.name] = validate_section(SelectConfig, sel, f"select (arm {arm.name})")
+        train = dict(cfg.train)
+        if arm.train_mode is not None:
+            train["mode"] = arm.train_mode
+        out.train[arm.name] = validate_section(TrainConfig, train, f"train (arm {arm.name})")
+
+    models = []
+    for arm in cfg.arms if round_index == 0 else cfg.arms[:1]:
+        train_dir = StageDir(paths.arm_dir(cfg.arms, arm), "train", round_index).path
+        # The evaluate stage groups models by arm: baselines by their data strategy, the method by its
+        # update mode (lora / full / spider), so the report can set retention against gain per mode.
+        kind = out.train[arm.name].mode if arm.strategy == "error_driven" else arm.strategy
+        models.append({"name": arm.name, "arm": kind, "path": str(train_dir)})
+    ev = _merge(
+        cfg.evaluate,
+        {
+            "target": [test],
+            "general": str(paths.split(WORLD_GENERAL_SUITE, "test")),
+            "round": round_index,
+            "base": {"name": "base", "arm": "base", "path": str(paths.student)},
+            "models": models,
+        },
+    )
+    out.evaluate = validate_section(EvaluateConfig, ev, "evaluate")
+    return out
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A shallow copy of ``base`` with ``update``'s keys set (the run's links win over the section)."""
+    merged = dict(base)
+    merged.update(update)
+    return merged
+
+
+class Progress:
+    """One line per stage across the whole run: which stage, done or skipped, how long."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.started = total, 0, time.time()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.n += 1
+        t0 = time.time()
+        console.print(f"[bold cyan][{self.n}/{self.total}][/bold cyan] {name} ...", highlight=False)
+        yield
+        console.print(
+            f"[bold cyan][{self.n}/{self.total}][/bold cyan] {name} [green]done[/green] in {time.time() - t0:.1f} s "
+            f"(run {time.time() - self.started:.0f} s)",
+            highlight=False,
+        )
+
+
+def _ensure_api_key(env: str) -> None:
+    """A served endpoint always takes a key: make a random one for this process when none is set."""
+    if not os.environ.get(env):
+        os.environ[env] = secrets.token_urlsafe(24)
+
+
+def _diagnose_done(stage_cfg: Any, run_dir: Path) -> bool:
+    from edray.diagnose.job import STAGE
+
+    return StageDir(run_dir, STAGE, stage_cfg.round).is_done(fingerprint(stage_cfg, inputs=[stage_cfg.validation]))
+
+
+@contextmanager
+def served(cfg: RunConfig, student: Path) -> Iterator[str]:
+    """Serve the student (and the world teacher, unless the teacher is external) for the block."""
+    from edray.serve import job as serve_job
+    from edray.serve.config import ModelConfig, ServeConfig
+
+    _ensure_api_key(cfg.serve.api_key_env)
+    models = [ModelConfig(name=STUDENT_NAME, engine=cfg.serve.student_engine, path=str(student))]
+    if cfg.serve.teacher_base_url is None:
+        models.append(ModelConfig(name=cfg.serve.teacher_model, engine="world_teacher", teacher=cfg.world.teacher))
+    scfg = ServeConfig(
+        models=models, host=cfg.serve.host, port=cfg.serve.port, api_key_env=cfg.serve.api_key_env, app_name="edray-run"
+    )
+    app = serve_job.start(scfg)
+    try:
+        yield app.base_url
+    finally:
+        serve_job.stop()
+
+
+def _tuned_student(run_dir: Path, round_index: int, base: Path) -> Path:
+    """The model folder round k+1 starts from: round k's full model, or its adapter merged into ``base``."""
+    from edray.evaluate.job import merge_adapter
+    from edray.schemas import TRAIN_ADAPTER, TRAIN_MODEL
+
+    train_dir = StageDir(run_dir, "train", round_index).path
+    if (train_dir / TRAIN_MODEL / "config.json").is_file():
+        return train_dir / TRAIN_MODEL
+    merged = StageDir(run_dir, "student", round_index)
+    fp = fingerprint({"base": str(base)}, inputs=[train_dir])
+    if not merged.is_done(fp):
+        with merged.commit({"base": str(base), "adapter": str(train_dir / TRAIN_ADAPTER)}, fp, [train_dir]) as tmp:
+            merge_adapter(str(base), str(train_dir / TRAIN_ADAPTER), tmp)
+    return merged.path
+
+
+def prepare(cfg: RunConfig, run_dir: Path, progress: Progress, force: bool = False) -> RunPaths:
+    """World and student: generate/pretrain them unless given (both are cached by config)."""
+    from edray.world import job as world_job
+    from edray.world.pretrain import pretrain_student
+
+    if cfg.world_dir is None:
+        with progress.stage("world: generate the skills world"):
+            world_dir = world_job.run(cfg.world, run_dir / "world", force=force)
+    else:
+        world_dir = Path(cfg.world_dir)
+        if not (world_dir / WORLD_POOL_DIR).exists():
+            raise ConfigError(f"world_dir: {world_dir} holds no {WORLD_POOL_DIR}/ (generate one with `edray world generate`)")
+    if cfg.student is None:
+        with progress.stage("student: pretrain the generic student (cached by config)"):
+            fp = fingerprint(cfg.pretrain, extra={"recipe": "world-pretrain-1"})[:16]
+            student = pretrain_student(cfg.pretrain, Path(cfg.student_cache) / fp)
+    else:
+        student = Path(cfg.student)
+        if not (student / "config.json").is_file():
+            raise ConfigError(f"student: {student} is not a model folder (no config.json)")
+    return RunPaths(run_dir=run_dir, world_dir=world_dir, student=student)
+
+
+def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) -> Path:
+    """Run the whole method; every finished stage is skipped on a re-run.
+
+    Args:
+        cfg: the run config.
+        run_dir: the run folder.
+        force: re-run every stage (world and student caches included).
+
+    Returns:
+        The run folder.
+    """
+    import ray
+
+    from edray.diagnose import job as diagnose_job
+    from edray.evaluate import job as evaluate_job
+    from edray.index import job as index_job
+    from edray.report import job as report_job
+    from edray.select import job as select_job
+    from edray.train import job as train_job
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, configure_logging=False)
+    per_round = 3 + len(cfg.arms) * 2
+    total = 1 + 2 * (cfg.world_dir is None or cfg.student is None) + per_round + (cfg.rounds - 1) * 5 + int(cfg.report)
+    progress = Progress(total)
+    paths = prepare(cfg, run_dir, progress, force)
+    base = paths.student
+    current = base
+    base_url = f"http://{cfg.serve.host}:{cfg.serve.port}/v1"
+
+    for k in range(cfg.rounds):
+        stages = stage_configs(cfg, paths, k, base_url)
+        if k == 0:
+            with progress.stage("index: annotate, embed and index the supporting pool"):
+                index_job.run(stages.index, run_dir, force=force)
+        with progress.stage(f"round {k}: diagnose the student"):
+            if force or not _diagnose_done(stages.diagnose, run_dir):
+                with served(cfg, current):
+                    diagnose_job.run(stages.diagnose, run_dir, force=force)
+        arms = cfg.arms if k == 0 else cfg.arms[:1]
+        for arm in arms:
+            arm_root = paths.arm_dir(cfg.arms, arm)
+            with progress.stage(f"round {k}: select ({arm.name})"):
+                select_dir = select_job.run(stages.select[arm.name], arm_root, force=force)
+            with progress.stage(f"round {k}: train ({arm.name}, {stages.train[arm.name].mode})"):
+                train_job.run(
+                    stages.train[arm.name],
+                    arm_root,
+                    student=current,
+                    selection=select_dir / SELECTION,
+                    pool=paths.pool,
+                    round_index=k,
+                    force=force,
+                )
+        with progress.stage(f"round {k}: evaluate base and tuned students"):
+            evaluate_job.run(stages.evaluate, run_dir, force=force)
+        if k + 1 < cfg.rounds:
+            current = _tuned_student(run_dir, k, current)
+
+    if cfg.report:
+        with progress.stage("report: write report.html"):
+            out = report_job.write_report(run_dir)
+        console.print(f"report: {out}", highlight=False)
+    return run_dir
