@@ -81,15 +81,13 @@ def _printable_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def ensure_ray() -> None:
-    """Start a local Ray (quietly) unless one is running or an address is set (``RAY_ADDRESS``)."""
+    """Connect to Ray as ``ray.init()`` does (``RAY_ADDRESS``, else a cluster started with ``ray start`` on
+    this machine, else a new local instance), quietly; nothing when already connected."""
     import ray
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if not os.environ.get("RAY_ADDRESS"):
-        kwargs["num_cpus"] = os.cpu_count() or 2
-    ray.init(**kwargs)
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     import ray.data  # configures Ray Data's loggers; quiet them afterwards
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -224,3 +224,21 @@ def test_split_batch_inside_a_downstream_map_batches(ray_session, bad_corpus):
     # Without the duplicate pass the second "ok-0" is still valid here: streaming sinks dedupe by id.
     assert len(rows) == len(bad_corpus.valid_ids) + 2
     assert Counter(r["id"] for r in rows)["ok-0"] == 2
+
+
+def test_broken_hf_folders_are_reported(ray_session, tmp_path):
+    bad_state = tmp_path / "state_broken"
+    bad_state.mkdir()
+    (bad_state / "state.json").write_text("{not json")
+    valid, q = read_and_split(str(bad_state))
+    assert valid.count() == 0
+    (row,) = q.to_pylist()
+    assert row["field"] == "<file>" and reason_category(row["reason"]) == "unreadable file"
+
+    cut = write_hf(support_records(3), tmp_path / "cut")
+    (arrow,) = cut.glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:200])  # the Arrow stream breaks
+    valid, q = read_and_split(str(cut), fmt="hf")
+    (row,) = q.to_pylist()
+    assert row["source"] == str(arrow) and reason_category(row["reason"]) == "unreadable file"
+    assert valid.count() == 0
