@@ -32,7 +32,8 @@ REASONS: dict[str, str] = {
     "invalid JSON": "a JSONL line or a LLaVA JSON element is not valid JSON",
     "invalid UTF-8": "bytes that are not UTF-8 text (or a lone surrogate escape) in a line or a text field",
     "not an object": "the record is not a JSON object / mapping",
-    "record too large": "a JSONL line longer than the limits allow for one sample (images as base64 and every turn at full length, plus 1 MiB)",
+    "record too large": "a JSONL line longer than the limits allow for one sample (images as base64 and "
+    "every turn at full length, plus 1 MiB)",
     "invalid record": "a record the normalizer could not handle; the details name the error",
     "missing field": "a required field is absent or null",
     "wrong type": "a field has the wrong type (e.g. messages is a string, id is a list)",

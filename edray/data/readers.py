@@ -601,7 +601,8 @@ def mark_duplicates(ds: "ray.data.Dataset") -> "ray.data.Dataset":  # noqa: F821
             return ds
         hits = keys.map_batches(_rows_with_ids, batch_format="pyarrow", fn_kwargs={"ids": dup_list}).to_pandas()
     hits = hits.sort_values(["_source", "_position"], kind="stable")
-    keepers = {rid: (src, int(pos)) for rid, src, pos in hits.drop_duplicates("id")[["id", "_source", "_position"]].itertuples(index=False)}
+    firsts = hits.drop_duplicates("id")[["id", "_source", "_position"]]
+    keepers = {rid: (src, int(pos)) for rid, src, pos in firsts.itertuples(index=False)}
     return ds.map_batches(mark_duplicates_in_table, batch_format="pyarrow", fn_kwargs={"keepers": keepers})
 
 
