@@ -255,7 +255,8 @@ def pretrain_student(cfg: PretrainConfig, out_dir: str | os.PathLike[str], force
     stage.clean_stale()
     out.parent.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
+        # address="local": start a private instance rather than attach to another user's on this host.
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-init-", dir=out.parent))
     storage = cfg.storage_path or str(out.parent / f".tmp-{out.name}-ray")
