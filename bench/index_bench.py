@@ -107,16 +107,33 @@ def part_embed(n: int, batch_size: int) -> dict[str, Any]:
     return out
 
 
+def _cluster(nodes: list[int], attempts: int = 3) -> Any:
+    """A local cluster with one node per entry (CPUs); retried because Ray gives a node 30 s to start."""
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(attempts):
+        cluster = None
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": nodes[0], "include_dashboard": False})
+            for extra in nodes[1:]:
+                cluster.add_node(num_cpus=extra)
+            cluster.wait_for_nodes()
+            return cluster
+        except Exception:  # noqa: BLE001 - only start-up is retried
+            if cluster is not None:
+                cluster.shutdown()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def part_nodes(n: int, batch_size: int) -> dict[str, Any]:
     import ray
-    from ray.cluster_utils import Cluster
 
     texts = texts_for(n)
     out: dict[str, Any] = {"rows": n}
     for label, nodes in (("1_node", [2]), ("2_nodes", [1, 1])):
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": nodes[0], "include_dashboard": False})
-        for extra in nodes[1:]:
-            cluster.add_node(num_cpus=extra)
+        cluster = _cluster(nodes)
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:

@@ -36,7 +36,10 @@ def _config(pool: str) -> "IndexConfig":  # noqa: F821
             "pool": pool,
             "progress_bars": False,
             "read": {"batch_rows": 50},
-            "annotate": {"actors": 1, "num_cpus": 0.25, "batch_size": 25},
+            # A slightly slow teacher (20 ms a request, one at a time) spreads the run over several
+            # commits, so the node can be killed between them.
+            "annotate": {"actors": 1, "num_cpus": 0.25, "batch_size": 25, "concurrency": 1,
+                         "world_teacher": {"noise": {"slow": 1.0, "slow_seconds": 0.02}}},
             "embed": {"actors": 2, "num_cpus": 0.5, "batch_size": 25},
             "store": {"commit_rows": COMMIT_ROWS},
         }
@@ -59,18 +62,36 @@ def _table_ids(db_uri: str) -> list[str]:
     return committed_ids(open_table(connect(db_uri), "support")).to_pylist()
 
 
+def _start_cluster(attempts: int = 3) -> tuple["Cluster", object]:  # noqa: F821
+    """A head (3 CPUs: enough for the whole pipeline once the worker is gone) and a 2-CPU worker node.
+
+    Ray gives a node 30 s to register; on a loaded machine that can fail, so start-up is retried.
+    """
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(attempts):
+        cluster = None
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False})
+            worker = cluster.add_node(num_cpus=2)
+            cluster.wait_for_nodes()
+            return cluster, worker
+        except Exception:  # noqa: BLE001 - only start-up is retried
+            if cluster is not None:
+                cluster.shutdown()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def scenario(pool: str, work: Path) -> dict:
     """Start the cluster, run, kill the worker node mid-run, re-run; return what the test checks."""
     import pyarrow.parquet as pq
     import ray
-    from ray.cluster_utils import Cluster
 
     from edray.schemas import QUARANTINE
 
-    # The head keeps enough CPUs for the whole pipeline once the worker node is gone.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False})
-    worker = cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
+    cluster, worker = _start_cluster()
     run_dir = work / "run"
     db_uri = str((run_dir / "lancedb").resolve())
     out: dict = {}
@@ -87,7 +108,7 @@ def scenario(pool: str, work: Path) -> dict:
                 rows_at_kill = len(_table_ids(db_uri))
             except Exception:  # noqa: BLE001 - the table may not exist yet
                 rows_at_kill = 0
-            if rows_at_kill >= COMMIT_ROWS:
+            if rows_at_kill > 0:
                 break
             time.sleep(0.2)
         out["first_finished_before_kill"] = first.poll() is not None
@@ -123,9 +144,10 @@ def test_worker_node_lost_mid_run_then_rerun_indexes_each_row_once(index_world_p
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(result_path.read_text())
+    print(json.dumps({k: v for k, v in r.items() if k != "first_log_tail"}))
     # The kill happened mid-run: some but not all rows were committed by then.
     assert not r["first_finished_before_kill"], r
-    assert COMMIT_ROWS <= r["rows_at_kill"] < index_world_pool.valid_rows, r
+    assert 0 < r["rows_at_kill"] < index_world_pool.valid_rows, r
     assert r["rows"] == index_world_pool.valid_rows, r
     assert r["unique_ids"] == r["rows"], r
     assert r["quarantined"] == index_world_pool.planted_bad, r
