@@ -6,7 +6,7 @@ to these schemas; rows that cannot be normalized go to the quarantine table with
 
 Conventions:
 - ``id`` is stable across runs: taken from the source when present, otherwise derived from content
-  (:func:`edray.data.ids.content_id`).
+  (:func:`edray.data.core.content_id`).
 - ``images`` holds encoded image files (PNG/JPEG/... bytes), in the order their ``<image>``
   placeholders appear in ``messages``.
 - ``messages`` are chat turns; ``content`` is text in which each image is the placeholder ``<image>``.
@@ -202,3 +202,31 @@ EVAL_SUITES = ("target", "general")
 
 # --- report ---
 REPORT_HTML = "report.html"
+
+# --- index ---
+# Inside the index stage folder (runs/<run>/index): the quarantine (QUARANTINE), the rows whose skill
+# annotation failed, the run summary (SUMMARY) and where the LanceDB table is and how to query it. The
+# LanceDB database itself defaults to runs/<run>/lancedb, outside the stage folder, because it grows
+# across runs (incremental indexing).
+INDEX_INFO = "index_info.json"
+INDEX_ANNOTATION_FAILURES = "annotation_failures.parquet"
+INDEX_DB_DIR = "lancedb"
+INDEX_ANNOTATION_FAILURE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("position", pa.int64()),
+        pa.field("annotation_key", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+# The persistent annotation cache table, keyed by the content hash of instruction + answer + teacher
+# model + prompt version.
+INDEX_ANNOTATION_CACHE_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("skills", pa.list_(pa.string())),
+        pa.field("model", pa.string()),
+        pa.field("prompt_version", pa.string()),
+    ]
+)

@@ -45,7 +45,9 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        # address="local": never join a cluster someone started with `ray start` on this machine.
         ray.init(
+            address="local",
             num_cpus=RAY_NUM_CPUS,
             include_dashboard=False,
             log_to_driver=False,
