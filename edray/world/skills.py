@@ -314,7 +314,7 @@ def check_step(claim: StepClaim, scene: Scene) -> bool:
 # --- answers with steps ---------------------------------------------------------------------------
 
 _STEP_SPLIT = re.compile(r"step\s*(\d+)\s*[:.)]\s*(.*?)(?=step\s*\d+\s*[:.)]|answer\s*:|$)", re.IGNORECASE | re.DOTALL)
-_ANSWER = re.compile(r"answer\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
+_ANSWER = re.compile(r"answer\s*:", re.IGNORECASE)
 
 
 def format_steps(steps: Sequence[str], answer: str) -> str:
@@ -330,12 +330,12 @@ def split_steps(text: str) -> tuple[list[str], str | None]:
     Returns:
         ``(steps, answer)``; ``answer`` is ``None`` when the text has no ``Answer:``.
     """
-    answer_match = None
-    for answer_match in _ANSWER.finditer(text):
+    last = None
+    for last in _ANSWER.finditer(text):
         pass
-    body = text[: answer_match.start()] if answer_match else text
+    body = text[: last.start()] if last else text
     steps = [m.group(2).strip() for m in _STEP_SPLIT.finditer(body) if m.group(2).strip()]
-    answer = answer_match.group(1).strip() if answer_match else None
+    answer = text[last.end() :].strip() if last else None
     return steps, answer
 
 

@@ -129,6 +129,7 @@ def test_split_steps_and_final_answer() -> None:
         "The square is red.", "There is a cross."]
     assert final_answer("Step 1: There is a cross.\nAnswer: Yes.") == "yes"
     assert final_answer("left") == "left"
+    assert final_answer("Step 1: There is a cross. Answer: no\nAnswer: yes") == "yes"
 
 
 def test_vocabulary_covers_the_corpus_and_is_small() -> None:
