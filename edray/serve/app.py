@@ -126,6 +126,12 @@ class HandleEngine:
 fastapi_app = FastAPI(title="edray", docs_url=None, redoc_url=None, openapi_url=None)
 
 
+@fastapi_app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Any unexpected failure still answers in the OpenAI error shape (and the server keeps serving)."""
+    return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+
+
 def _error(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 

@@ -73,8 +73,8 @@ class ModelConfig(EdrayModel):
     max_ongoing_requests: int = Field(
         32, ge=1, le=4096, description="Requests a replica accepts at once before Serve queues them."
     )
-    max_model_len: int = Field(
-        2048, ge=16, le=1_048_576, description="vllm: context length the engine reserves memory for."
+    max_model_len: int | None = Field(
+        None, ge=16, le=1_048_576, description="vllm: context length the engine reserves memory for (None: the model's)."
     )
     gpu_memory_utilization: float = Field(
         0.3,
@@ -83,6 +83,12 @@ class ModelConfig(EdrayModel):
         description="vllm: share of device memory (on CPU, of the KV-cache RAM budget) the engine takes.",
     )
     max_lora_rank: int = Field(16, ge=1, le=512, description="vllm: the largest LoRA rank the engine accepts.")
+    kv_cache_memory_bytes: int | None = Field(
+        None,
+        ge=1 << 20,
+        le=1 << 40,
+        description="vllm: KV-cache size in bytes; set it on CPU machines shared with other work (overrides gpu_memory_utilization).",
+    )
     enforce_eager: bool = Field(True, description="vllm: skip graph capture (faster start, needed on CPU).")
 
     @field_validator("name")
@@ -167,6 +173,9 @@ class ServeConfig(EdrayModel):
     host: str = Field("127.0.0.1", description="Address the HTTP proxy binds; 0.0.0.0 exposes it to the network.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     app_name: str = Field("edray", description="Ray Serve application name.")
+    route_prefix: str = Field(
+        "/", pattern=r"^/[A-Za-z0-9._/-]*$", description="URL prefix of this application (several apps share one port)."
+    )
     api_key_env: str = Field(
         "EDRAY_API_KEY", description="Environment variable holding the API key clients must send (Bearer)."
     )

@@ -77,9 +77,12 @@ def start(config: ServeConfig) -> ServedApp:
     if not ray.is_initialized():
         ray.init(include_dashboard=False, configure_logging=False)
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(config, digest), name=config.app_name, route_prefix="/", blocking=False)
+    serve.run(build_app(config, digest), name=config.app_name, route_prefix=config.route_prefix, blocking=False)
+    prefix = config.route_prefix.rstrip("/")
     return ServedApp(
-        base_url=f"http://{config.host}:{config.port}/v1", names=config.served_names(), app_name=config.app_name
+        base_url=f"http://{config.host}:{config.port}{prefix}/v1",
+        names=config.served_names(),
+        app_name=config.app_name,
     )
 
 

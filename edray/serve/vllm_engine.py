@@ -57,13 +57,16 @@ def llm_config_for(model: ModelConfig) -> Any:
     if not Path(model.path).is_dir():
         raise EngineError(f"model {model.name!r}: folder {model.path} does not exist", status=500)
     engine_kwargs: dict[str, Any] = {
-        "max_model_len": model.max_model_len,
         "gpu_memory_utilization": model.gpu_memory_utilization,
         "enforce_eager": model.enforce_eager,
         "dtype": model.dtype,
         "trust_remote_code": model.trust_remote_code,
         "load_format": "safetensors",
     }
+    if model.max_model_len is not None:
+        engine_kwargs["max_model_len"] = model.max_model_len
+    if model.kv_cache_memory_bytes is not None:
+        engine_kwargs["kv_cache_memory_bytes"] = model.kv_cache_memory_bytes
     extra: dict[str, Any] = {}
     lora: dict[str, Any] | None = None
     if model.adapters:
@@ -161,10 +164,15 @@ class VllmEngine:
             EngineError: vLLM refused the request (its status and message).
         """
         response = None
-        async for item in self._handle_for(request.model).chat.remote(self._request(request, stream=False)):
-            self._raise_if_error(item)
-            response = item
-            break
+        try:
+            async for item in self._handle_for(request.model).chat.remote(self._request(request, stream=False)):
+                self._raise_if_error(item)
+                response = item
+                break
+        except EngineError:
+            raise
+        except Exception as exc:  # vLLM's own failures arrive wrapped in a RayTaskError
+            raise EngineError(f"vLLM failed on this request: {_cause(exc)}", status=500) from None
         if response is None:
             raise EngineError("vLLM returned no response", status=500)
         choice = response.choices[0]
@@ -193,6 +201,15 @@ class VllmEngine:
         Raises:
             EngineError: vLLM refused the request.
         """
+        try:
+            async for piece in self._stream(request):
+                yield piece
+        except EngineError:
+            raise
+        except Exception as exc:  # vLLM's own failures arrive wrapped in a RayTaskError
+            raise EngineError(f"vLLM failed on this request: {_cause(exc)}", status=500) from None
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[str]:
         async for batch in self._handle_for(request.model).chat.remote(self._request(request, stream=True)):
             for item in batch if isinstance(batch, list) else [batch]:
                 self._raise_if_error(item)
@@ -213,3 +230,9 @@ class VllmEngine:
     async def ready(self) -> bool:
         await self.handle.check_health.remote()
         return True
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost error's type and message (a RayTaskError wraps the replica's exception)."""
+    cause = getattr(exc, "cause", None) or exc
+    return f"{type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}"[:300]
