@@ -20,7 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from edray.schemas import IMAGE_PLACEHOLDER, MESSAGE_TYPE, QUARANTINE_SCHEMA
+from edray.schemas import (
+    IMAGE_PLACEHOLDER,
+    INDEX_ANNOTATION_CACHE_SCHEMA,
+    INDEX_ANNOTATION_FAILURE_SCHEMA,
+    MESSAGE_TYPE,
+    QUARANTINE_SCHEMA,
+)
 
 STATUS_OK = "ok"
 STATUS_KNOWN = "known"
@@ -56,24 +62,8 @@ ANNOTATED_FIELDS = [
     pa.field("annotate_s", pa.float64()),
 ]
 
-ANNOTATION_FAILURE_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("source", pa.string()),
-        pa.field("position", pa.int64()),
-        pa.field("annotation_key", pa.string()),
-        pa.field("reason", pa.string(), nullable=False),
-    ]
-)
-
-CACHE_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("skills", pa.list_(pa.string())),
-        pa.field("model", pa.string()),
-        pa.field("prompt_version", pa.string()),
-    ]
-)
+ANNOTATION_FAILURE_SCHEMA = INDEX_ANNOTATION_FAILURE_SCHEMA
+CACHE_SCHEMA = INDEX_ANNOTATION_CACHE_SCHEMA
 
 
 def instruction_and_answer(messages: Sequence[dict[str, Any]] | None) -> tuple[str, str]:

@@ -35,11 +35,15 @@ import pyarrow.parquet as pq
 from edray.config import ConfigError
 from edray.index import core
 from edray.index.config import AnnotateConfig, EmbedConfig, IndexConfig
-from edray.index.search import INDEX_INFO
 from edray.rundir import StageDir, fingerprint
-from edray.schemas import QUARANTINE, QUARANTINE_SCHEMA, SUMMARY
-
-ANNOTATION_FAILURES = "annotation_failures.parquet"
+from edray.schemas import (
+    INDEX_ANNOTATION_FAILURES,
+    INDEX_DB_DIR,
+    INDEX_INFO,
+    QUARANTINE,
+    QUARANTINE_SCHEMA,
+    SUMMARY,
+)
 
 _KNOWN_IDS: dict[str, frozenset[str]] = {}
 
@@ -541,7 +545,7 @@ def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = config.progress_bars
     ctx.enable_operator_progress_bars = config.progress_bars
-    db_uri = config.store.uri or str((run_dir / "lancedb").resolve())
+    db_uri = config.store.uri or str((run_dir / INDEX_DB_DIR).resolve())
     db = connect(db_uri, config.store.storage_options)
     started = time.perf_counter()
     known = committed_ids(open_table(db, config.store.table))
@@ -553,7 +557,9 @@ def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> 
     writer.flush()
     table = open_table(db, config.store.table)
     if table is None:
-        raise ValueError(f"no valid row to index in {config.pool}: see {stage.path / QUARANTINE}")
+        reasons = pa.concat_tables(writer.quarantine).column("reason").to_pylist() if writer.quarantine else []
+        example = f"; first reason: {reasons[0]}" if reasons else ""
+        raise ValueError(f"no valid row to index in {config.pool}: {len(reasons)} row(s) quarantined{example}")
     total = table.count_rows()
     s = config.store
     plan = core.plan_vector_index(total, s.vector_index, s.metric, s.exact_below_rows, s.num_partitions,
@@ -567,7 +573,7 @@ def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> 
                                                   "write": 1}, wall)
     summary.update(vector_index=plan.as_dict(), indexes=built, index_build_s=round(index_s, 3), uri=db_uri,
                    table=config.store.table)
-    info = {"uri": db_uri, "table": config.store.table, "storage_options": s.storage_options,
+    info = {"uri": db_uri, "table": config.store.table,
             "embed_model": config.embed.model_path, "embed_text": config.embed.text, "normalize": config.embed.normalize,
             "max_seq_length": config.embed.max_seq_length, "metric": s.metric, "rrf_k": config.search.rrf_k,
             "nprobes": config.search.nprobes or core.auto_nprobes(plan.num_partitions), "payload": s.payload, "version": table.version}
@@ -578,7 +584,7 @@ def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> 
         q = pa.concat_tables(writer.quarantine) if writer.quarantine else QUARANTINE_SCHEMA.empty_table()
         pq.write_table(q, tmp / QUARANTINE)
         f = pa.concat_tables(writer.failures) if writer.failures else core.ANNOTATION_FAILURE_SCHEMA.empty_table()
-        pq.write_table(f, tmp / ANNOTATION_FAILURES)
+        pq.write_table(f, tmp / INDEX_ANNOTATION_FAILURES)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
         (tmp / INDEX_INFO).write_text(json.dumps(info, indent=2))
     return summary

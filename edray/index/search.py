@@ -10,6 +10,7 @@ BM25 hybrid retrieval). Typical use::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 
 from edray.index.core import rrf_fuse
+from edray.schemas import INDEX_INFO
 
 Mode = Literal["bm25", "dense", "hybrid"]
 Embed = Callable[[Sequence[str]], np.ndarray]
-INDEX_INFO = "index_info.json"
 
 
 @dataclass
@@ -76,12 +77,15 @@ def load_embedder(model_path: str | None, device: str | None = None, trust_remot
     return embed
 
 
-def open_index(index_dir: str | Path, embed: Embed | None = None) -> IndexHandle:
+def open_index(index_dir: str | Path, embed: Embed | None = None,
+               storage_options: dict[str, str] | None = None) -> IndexHandle:
     """Open the table a completed index stage wrote, with a matching query embedder.
 
     Args:
         index_dir: the index stage folder (``runs/<run>/index``).
         embed: a query embedder; default: the stage's embedder, loaded once.
+        storage_options: object-store options for a remote table (they are not stored with the
+            index, since they may hold credentials).
 
     Raises:
         FileNotFoundError: the stage has not completed.
@@ -92,7 +96,7 @@ def open_index(index_dir: str | Path, embed: Embed | None = None) -> IndexHandle
     if not info_path.is_file():
         raise FileNotFoundError(f"no completed index at {index_dir} ({INDEX_INFO} missing)")
     info = json.loads(info_path.read_text())
-    db = connect(info["uri"], info.get("storage_options"))
+    db = connect(info["uri"], storage_options)
     table = db.open_table(info["table"])
     if embed is None:
         embed = load_embedder(info.get("embed_model"), normalize=info.get("normalize", True),
@@ -196,7 +200,9 @@ def search(
 
 
 def _bm25(table: Any, text: str, k: int, where: str | None, cols: list[str]) -> pa.Table:
-    if not text.strip():
+    # The full-text parser reads punctuation (":", ".", quotes) as query syntax; a skill phrase is words.
+    text = " ".join(re.sub(r"[^\w\s'-]", " ", text).split())
+    if not text:
         return _empty(table, cols)
     q = table.search(text, query_type="fts", fts_columns="skill_text").limit(k).select([*cols, "_score"])
     if where:
