@@ -1,0 +1,74 @@
+"""The transformers engine in process, on the world student (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from edray.serve.engine import ChatRequest, EngineError
+from edray.serve.transformers_engine import TransformersEngine
+from tests.fixtures.serve import png_bytes
+
+
+@pytest.fixture(scope="module")
+def engine(student_dir, lora_adapter_dir) -> TransformersEngine:
+    return TransformersEngine("s", str(student_dir), {"s-tuned": str(lora_adapter_dir)}, max_total_tokens=64, torch_threads=1)
+
+
+def request(model: str = "s", **kw) -> ChatRequest:
+    return ChatRequest(
+        model=model, messages=[{"role": "user", "content": "<image>What color is the shape?"}], images=[png_bytes()], **kw
+    )
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_generate_counts_and_logprobs(engine):
+    out = run(engine.generate(request(max_tokens=3, logprobs=True, top_logprobs=4)))
+    assert out.prompt_tokens > 16 and 1 <= out.completion_tokens <= 3
+    assert out.logprobs and all(len(t.top) == 4 and t.logprob <= 0 for t in out.logprobs)
+    assert engine.model_ids() == ["s", "s-tuned"]
+
+
+def test_adapter_selection_is_per_request(engine):
+    base = run(engine.generate(request(max_tokens=3, logprobs=True, top_logprobs=4)))
+    tuned = run(engine.generate(request("s-tuned", max_tokens=3, logprobs=True, top_logprobs=4)))
+    again = run(engine.generate(request(max_tokens=3, logprobs=True, top_logprobs=4)))
+    assert base.logprobs[0].top != tuned.logprobs[0].top
+    assert again.logprobs[0].top == base.logprobs[0].top
+
+
+def test_stream_equals_generate(engine):
+    async def collect() -> str:
+        return "".join([p async for p in engine.stream(request("s-tuned", max_tokens=5))])
+
+    assert run(collect()) == run(engine.generate(request("s-tuned", max_tokens=5))).text
+
+
+@pytest.mark.parametrize(
+    "req, status, words",
+    [
+        (request(max_tokens=60), 400, "exceeds"),
+        (request(response_format={"type": "json_object"}), 400, "response_format"),
+        (request("other"), 404, "not served"),
+        (ChatRequest(model="s", messages=[{"role": "user", "content": "<image>x"}], images=[]), 400, "placeholders"),
+        (ChatRequest(model="s", messages=[{"role": "user", "content": "<image>x"}], images=[b"nope"]), 400, "images[0]"),
+    ],
+)
+def test_refusals(engine, req, status, words):
+    with pytest.raises(EngineError) as info:
+        run(engine.generate(req))
+    assert info.value.status == status and words in str(info.value)
+
+
+def test_only_safetensors_load(student_dir, tmp_path):
+    folder = tmp_path / "no-weights"
+    shutil.copytree(student_dir, folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(EngineError, match="safetensors"):
+        TransformersEngine("s", str(folder))
