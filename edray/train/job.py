@@ -124,6 +124,10 @@ def _check_rows(
     return batch.append_column("_error", pa.array(errors, pa.string()))
 
 
+def _sort_by_order(batch: pa.Table) -> pa.Table:
+    return batch.sort_by("_order")
+
+
 def prepare_datasets(
     cfg: TrainConfig,
     student: Path,
@@ -181,7 +185,10 @@ def prepare_datasets(
                 "trust_remote_code": cfg.trust_remote_code,
             },
         )
-        .sort("_order")
+        # One in-memory sort task instead of Dataset.sort: a distributed sort spawns hundreds of
+        # shuffle tasks, far more than a selection (10K-100K rows) needs.
+        .repartition(1)
+        .map_batches(_sort_by_order, batch_format="pyarrow", batch_size=None)
         .materialize()
     )
     meta = checked.select_columns(["id", "_error"]).to_arrow_refs()
