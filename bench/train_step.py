@@ -135,7 +135,7 @@ def main() -> None:
         plain_full, mem_full = _plain_loop(full_cfg, student, rows, args.steps, spider=False)
         plain_spider, mem = _plain_loop(spider_cfg, student, rows, args.steps, spider=True)
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         t0 = time.perf_counter()
         stage = job.run(full_cfg, root / "run", student, selection)

@@ -23,6 +23,7 @@ and ``FailureConfig(max_failures)`` restarts a failed worker group from it withi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -39,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edray.rundir import StageDir, fingerprint
-from edray.schemas import QUARANTINE, QUARANTINE_SCHEMA, SELECTION, TRAIN_ADAPTER, TRAIN_METRICS, TRAIN_MODEL
+from edray.schemas import QUARANTINE, QUARANTINE_SCHEMA, TRAIN_ADAPTER, TRAIN_METRICS, TRAIN_MODEL
 from edray.train.config import TrainConfig
 
 STAGE = "train"
@@ -375,7 +376,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
                 batch = {key: v.to(device) for key, v in collate_rows(processor, rows, cfg.max_length).items()}
                 labels = batch.pop("labels")
                 sync = k == cfg.grad_accum - 1 or world == 1
-                ctx_mgr = ddp.no_sync() if not sync and hasattr(ddp, "no_sync") else _null()
+                ctx_mgr = ddp.no_sync() if not sync and hasattr(ddp, "no_sync") else contextlib.nullcontext()
                 with ctx_mgr, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
                     logits = ddp(**batch).logits
                     loss_sum, n_tok = answer_loss(logits, labels)
@@ -435,14 +436,6 @@ def train_func(loop_config: dict[str, Any]) -> None:
             epoch += 1
             micro_in_epoch = 0
     save(export=True)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _export(model: Any, processor: Any, cfg: TrainConfig, out: Path) -> None:
@@ -566,7 +559,6 @@ def run(
                 "first_loss": losses[0] if losses else None,
                 "mean_samples_per_s": float(sum(metrics["samples_per_s"].to_pylist()) / max(1, metrics.num_rows)),
                 "wall_s": round(time.time() - started, 2),
-                "selection_artifact": SELECTION,
             }
         )
     if "://" not in storage:
