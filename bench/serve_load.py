@@ -1,10 +1,11 @@
 """Load test of the served student: N concurrent clients for T seconds through Ray Serve, and the same
-workload against the bare transformers engine in this process, in the same run.
+workload against the bare transformers engine in this process, in the same run (short phases
+alternate between the two, so that other load on the machine hits both alike).
 
 Reports errors (must be zero), p50/p99 latency and throughput for both, and the Serve/bare throughput
 ratio (goal: >= 0.9). Not a timed test: absolute numbers depend on the machine; the ratio is the point.
 
-    python bench/serve_load.py --clients 8 --seconds 20
+    python bench/serve_load.py --clients 8 --seconds 40 --rounds 4
     python bench/serve_load.py --model runs/x/train/student --adapter tuned=runs/x/train/adapter
 
 Without ``--model`` it builds the CI-sized world student (random weights) into a temporary folder.
@@ -17,7 +18,6 @@ import asyncio
 import json
 import os
 import secrets
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -55,14 +55,29 @@ async def drive(call: Callable[[int], Awaitable[Any]], clients: int, seconds: fl
     await asyncio.gather(*(loop(w) for w in range(clients)))
     wall = time.perf_counter() - start
     return {
+        "latencies": latencies,
         "requests": len(latencies) + len(errors),
         "errors": len(errors),
         "first_errors": errors[:3],
         "p50_ms": round(1000 * percentile(latencies, 0.5), 2),
         "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
-        "mean_ms": round(1000 * statistics.fmean(latencies), 2) if latencies else float("nan"),
         "throughput_rps": round(len(latencies) / wall, 2),
-        "wall_s": round(wall, 2),
+        "wall_s": wall,
+    }
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool the phases of one side: totals, latency percentiles over all requests, throughput."""
+    latencies = [x for r in runs for x in r["latencies"]]
+    wall = sum(r["wall_s"] for r in runs)
+    return {
+        "requests": sum(r["requests"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "first_errors": [e for r in runs for e in r["first_errors"]][:3],
+        "p50_ms": round(1000 * percentile(latencies, 0.5), 2),
+        "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
+        "throughput_rps": round(len(latencies) / wall, 2) if wall else float("nan"),
+        "per_round_rps": [r["throughput_rps"] for r in runs],
     }
 
 
@@ -72,6 +87,7 @@ def main() -> None:
     parser.add_argument("--adapter", action="append", default=[], help="NAME=PATH of a LoRA adapter to serve too")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each phase")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating bare/served phases (seconds split across them)")
     parser.add_argument("--max-tokens", type=int, default=8, help="max_tokens per request")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the engine (both phases)")
     parser.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the local Ray")
@@ -107,23 +123,21 @@ def main() -> None:
     images = [image(i) for i in range(16)]
     question = "What color is the shape?"
 
-    # Phase 1: the bare engine in this process.
     engine = TransformersEngine("student", str(model_dir), adapters, torch_threads=args.threads)
 
     async def bare_call(i: int) -> None:
         req = ChatRequest(
-            model="student", messages=[{"role": "user", "content": "<image>" + question}], images=[images[i % 16]], max_tokens=args.max_tokens
+            model="student",
+            messages=[{"role": "user", "content": "<image>" + question}],
+            images=[images[i % 16]],
+            max_tokens=args.max_tokens,
         )
         await engine.generate(req)
 
-    bare = asyncio.run(drive(bare_call, args.clients, args.seconds))
-    print("bare  ", json.dumps(bare), flush=True)
-    del engine
-
-    # Phase 2: the same workload through Ray Serve over HTTP, with the edray client.
     key_env = "EDRAY_BENCH_API_KEY"
     os.environ[key_env] = secrets.token_urlsafe(24)
-    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # A private local Ray: never attach to another Ray running on the machine.
+    ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     import socket
 
     with socket.socket() as s:
@@ -149,27 +163,35 @@ def main() -> None:
     app = job.start(config)
     startup = time.perf_counter() - t0
     client = ModelClient(
-        ClientConfig(base_url=app.base_url, model="student", api_key_env=key_env, max_concurrency=args.clients, max_retries=0, timeout_s=60)
+        ClientConfig(
+            base_url=app.base_url, model="student", api_key_env=key_env, max_concurrency=args.clients, max_retries=0, timeout_s=60
+        )
     )
 
     async def served_call(i: int) -> None:
         await client.chat([user_message(question, [images[i % 16]])], max_tokens=args.max_tokens, use_cache=False)
 
-    async def served_phase() -> dict[str, Any]:
-        await served_call(0)  # warm the connection pool and the replica
-        out = await drive(served_call, args.clients, args.seconds)
+    async def served_phase(seconds: float) -> dict[str, Any]:
+        await served_call(0)  # warm the connection pool
+        out = await drive(served_call, args.clients, seconds)
         await client.aclose()
         return out
 
-    served = asyncio.run(served_phase())
-    print("served", json.dumps(served), flush=True)
+    # Alternate short phases so that load from anything else on the machine hits both sides alike.
+    phase = args.seconds / args.rounds
+    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "served": []}
+    for r in range(args.rounds):
+        runs["bare"].append(asyncio.run(drive(bare_call, args.clients, phase)))
+        runs["served"].append(asyncio.run(served_phase(phase)))
+        print(f"round {r}: bare {runs['bare'][-1]['throughput_rps']} rps, served {runs['served'][-1]['throughput_rps']} rps", flush=True)
     job.stop()
     ray.shutdown()
-
+    bare, served = merge(runs["bare"]), merge(runs["served"])
     ratio = served["throughput_rps"] / bare["throughput_rps"] if bare["throughput_rps"] else float("nan")
     result = {
         "clients": args.clients,
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "max_tokens": args.max_tokens,
         "torch_threads": args.threads,
         "serve_startup_s": round(startup, 1),

@@ -295,23 +295,16 @@ class Ingress:
             return _error(ApiError(504, f"the model did not answer within {self.config.request_timeout_s} s"))
 
         async def events() -> AsyncIterator[bytes]:
-            n = 0
             yield sse(stream_chunk(request_id, req.model, created, {"role": "assistant", "content": ""}))
             try:
                 if first is not None:
-                    n += 1
                     yield sse(stream_chunk(request_id, req.model, created, {"content": first}))
                     async for piece in pieces:
-                        n += 1
                         yield sse(stream_chunk(request_id, req.model, created, {"content": piece}))
             except EngineError as exc:
                 yield sse(error_body(str(exc), "server_error"))
                 return
             yield sse(stream_chunk(request_id, req.model, created, {}, finish_reason="stop"))
-            if parsed.include_usage:
-                # Stream deltas are text pieces, not tokens: usage counts pieces as completion tokens.
-                usage = {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n}
-                yield sse(stream_chunk(request_id, req.model, created, None, usage=usage))
             yield sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -78,13 +78,11 @@ class ParsedChat:
         request: the engine request with ``images`` empty; fill it from ``image_refs``.
         image_refs: one entry per ``<image>`` placeholder, in order: decoded bytes or an http(s) URL.
         stream: answer as server-sent events.
-        include_usage: when streaming, send a last chunk with token usage.
     """
 
     request: ChatRequest
     image_refs: list[bytes | str] = field(default_factory=list)
     stream: bool = False
-    include_usage: bool = False
 
 
 def decode_data_url(url: str, param: str) -> bytes:
@@ -248,7 +246,11 @@ def parse_chat_body(body: Any, limits: LimitsConfig) -> ParsedChat:
     if stream and logprobs:
         raise ApiError(400, "logprobs: not available with stream=true; send stream=false", param="logprobs")
     options = body.get("stream_options") or {}
-    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+    if isinstance(options, dict) and options.get("include_usage"):
+        # Engines stream text pieces, not tokens: a usage count here would be made up.
+        raise ApiError(
+            400, "stream_options.include_usage: not supported; send stream=false to get usage", param="stream_options"
+        )
     request = ChatRequest(
         model=model,
         messages=out_messages,
@@ -260,7 +262,7 @@ def parse_chat_body(body: Any, limits: LimitsConfig) -> ParsedChat:
         response_format=response_format,
         stop=stop,
     )
-    return ParsedChat(request=request, image_refs=refs, stream=stream, include_usage=include_usage)
+    return ParsedChat(request=request, image_refs=refs, stream=stream)
 
 
 def check_image(data: bytes, limits: LimitsConfig, index: int) -> None:

@@ -85,6 +85,7 @@ def test_openai_messages_round_trip_keeps_text_verbatim():
         ({"tools": [{"type": "function"}]}, "tools"),
         ({"response_format": {"type": "xml"}}, "response_format"),
         ({"stream": True, "logprobs": True}, "logprobs"),
+        ({"stream": True, "stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
 def test_refusals_name_the_field(bad, param):
