@@ -94,7 +94,7 @@ def part_embed(n: int, batch_size: int) -> dict[str, Any]:
     texts = texts_for(n)
     out: dict[str, Any] = {"rows": n, "cores": os.cpu_count()}
     out["bare_rows_per_s"] = bare_encode(texts, threads=2, batch_size=batch_size)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         for actors, threads, cpus in ((1, 2, 0.9), (2, 1, 0.9)):
