@@ -1,5 +1,5 @@
 """Rows of the skills world as Arrow tables: the supporting pool, target-task splits, the general suite,
-and the ground-truth helpers the evaluator uses.
+and the ground-truth functions the evaluator uses.
 
 Every row is a pure function of its seed and index (and the mix and scene settings): the same
 arguments give byte-identical rows, PNG bytes included, in any process and in any order, which is

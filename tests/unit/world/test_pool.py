@@ -1,4 +1,4 @@
-"""Pool and evaluation rows: schemas, determinism, the mix, disjoint splits, ground-truth helpers."""
+"""Pool and evaluation rows: schemas, determinism, the mix, disjoint splits, ground-truth functions."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from edray.world.config import SceneConfig
-from edray.world.scene import COLORS, SHAPES, Scene, SceneObject, sample_scene
+from edray.world.scene import COLORS, SHAPES, Scene, SceneObject
 from edray.world.skills import (
     SKILL_NAMES,
     SKILLS,
