@@ -100,6 +100,11 @@ class TeacherNoise(EdrayModel):
     slow: float = Field(0.0, ge=0.0, le=1.0, description="Probability of a slow reply.")
     slow_seconds: float = Field(0.5, ge=0.0, le=60.0, description="Extra latency of a slow reply.")
     failed: float = Field(0.0, ge=0.0, le=1.0, description="Probability of failing with status 503.")
+    per_attempt: bool = Field(
+        True,
+        description="Draw failures, slowness and malformed replies anew for every attempt of a request, as an "
+        "overloaded server does (retries can succeed); false makes each request fail the same way every time.",
+    )
 
 
 class TeacherConfig(EdrayModel):

@@ -52,6 +52,8 @@ class WorldTeacher:
 
     def __init__(self, config: TeacherConfig | None = None) -> None:
         self.config = config or TeacherConfig()
+        # Attempts seen per request, so that simulated faults are drawn per attempt (noise.per_attempt).
+        self._attempts: dict[str, int] = {}
 
     def model_ids(self) -> list[str]:
         """The one name this engine answers to."""
@@ -68,7 +70,7 @@ class WorldTeacher:
         """
         text = _user_text(request)
         noise = self.config.noise
-        rng = self._rng("noise", text, request.seed)
+        rng = self._rng("noise", text + self._attempt_suffix(text), request.seed)
         failed, slow, malformed = rng.random(), rng.random(), rng.random()
         if failed < noise.failed:
             raise EngineError("world teacher: simulated overload", status=503)
@@ -208,6 +210,16 @@ class WorldTeacher:
         if _wants_json(request):
             return ChatResult(text=json.dumps({"skills": phrases}))
         return ChatResult(text="; ".join(phrases))
+
+    def _attempt_suffix(self, text: str) -> str:
+        """``""`` for a request's first attempt (and always, when faults are per request), ``#k`` for attempt k."""
+        if not self.config.noise.per_attempt:
+            return ""
+        if len(self._attempts) > 200_000:
+            self._attempts.clear()
+        k = self._attempts.get(text, 0)
+        self._attempts[text] = k + 1
+        return f"#{k}" if k else ""
 
     def _rng(self, purpose: str, text: str, seed: int | None) -> random.Random:
         h = hashlib.sha256(f"{self.config.seed}|{purpose}|{seed}|{text}".encode()).hexdigest()

@@ -189,3 +189,31 @@ def test_noise_slow() -> None:
     started = time.perf_counter()
     _run(_noisy(slow=1.0, slow_seconds=0.2), messages=build_skill_messages("q", "2", "There are 2 red objects."))
     assert time.perf_counter() - started >= 0.2
+
+
+def test_faults_are_drawn_per_attempt_so_retries_can_succeed() -> None:
+    messages = build_skill_messages("q", "2", "There are 2 red objects.")
+    teacher = _noisy(failed=0.5)
+    outcomes = []
+    for _ in range(12):
+        try:
+            _run(teacher, messages=messages)
+            outcomes.append("ok")
+        except EngineError:
+            outcomes.append("failed")
+    assert "ok" in outcomes and "failed" in outcomes
+
+    sticky = WorldTeacher(TeacherConfig(noise=TeacherNoise(failed=0.5, per_attempt=False)))
+    first = []
+    for q in range(20):
+        msgs = build_skill_messages(f"q{q}", "2", "There are 2 red objects.")
+        runs = []
+        for _ in range(3):
+            try:
+                _run(sticky, messages=msgs)
+                runs.append("ok")
+            except EngineError:
+                runs.append("failed")
+        assert len(set(runs)) == 1  # the same request fails (or succeeds) every time
+        first.append(runs[0])
+    assert "ok" in first and "failed" in first
