@@ -11,10 +11,11 @@ rows of the world's supporting pool:
    its metrics: data iteration + collate + forward/backward + optimizer) against the same work in a
    plain loop in this process (same config, same batches, same collate). Ratio = plain / Ray
    (throughput of Ray relative to plain; goal >= 0.9).
-2. *SPIDER vs. full*: median step time of the plain loop with and without the SPIDER mask (goal <= 1.15).
-3. *SPIDER memory*: bytes held beyond full fine-tuning (θ0 + G, fp32) against the trainable weights,
-   and the peak of torch's allocator (``torch.profiler`` memory events) during one full step, one
-   SPIDER step and one SPIDER ``apply`` alone (its transient R/I/M tensors, one tensor at a time).
+2. *SPIDER vs. full*: median step time of the plain loop with and without the SPIDER mask, steps
+   alternating between the two models (goal <= 1.15), and the time of SPIDER's capture + apply alone.
+3. *SPIDER memory*: bytes held beyond full fine-tuning (θ0 + G, fp32, from the state's own
+   accounting) against the trainable weights. The mask's transients (R, I_pre, I_ft, M) live for one
+   tensor at a time, so they are bounded by a few copies of the largest trainable tensor (reported).
 
 Timings are ratios taken in the same run: absolute numbers depend on the machine's load.
 """
@@ -45,65 +46,44 @@ def _setup(root: Path, rows: int) -> tuple[Path, Path]:
     return student, root / "selection.parquet"
 
 
-def _peak_bytes(fn: Any) -> int:
-    """Peak bytes allocated by torch (CPU and CUDA) while ``fn`` runs, from the profiler's memory events."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=acts, profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e.time_range.start, e.cpu_memory_usage + getattr(e, "device_memory_usage", 0))
-        for e in prof.events()
-        if e.name == "[memory]"
-    )
-    cur = peak = 0
-    for _, delta in events:
-        cur += delta
-        peak = max(peak, cur)
-    return peak
-
-
-def _plain_loop(cfg: Any, student: Path, rows: list[dict[str, Any]], steps: int, spider: bool) -> tuple[list[float], dict[str, Any]]:
+class _PlainLoop:
     """The train stage's step without Ray: collate, forward/backward, clip, AdamW, optional SPIDER."""
-    from edray.train.core import answer_loss, collate_rows
-    from edray.train.job import _build_model
-    from edray.train.spider import SpiderState
 
-    torch.manual_seed(cfg.seed)
-    model, processor = _build_model(cfg, str(student))
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
-    state = SpiderState.from_parameters(named) if spider else None
-    times, b = [], cfg.batch_size
-    info: dict[str, Any] = {"trainable_bytes": sum(p.numel() * 4 for p in params)}
+    def __init__(self, cfg: Any, student: Path, rows: list[dict[str, Any]], spider: bool) -> None:
+        from edray.train.job import _build_model
+        from edray.train.spider import SpiderState
 
-    def one_step(step: int) -> None:
-        batch = collate_rows(processor, rows[(step * b) % len(rows):][:b], cfg.max_length)
-        labels = batch.pop("labels")
-        loss_sum, n = answer_loss(model(**batch).logits, labels)
-        (loss_sum / n.clamp(min=1)).backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-        if state is not None:
-            state.capture(named)
-        opt.step()
-        if state is not None:
-            state.apply(named)
-        opt.zero_grad(set_to_none=True)
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.rows = cfg, rows
+        self.model, self.processor = _build_model(cfg, str(student))
+        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr)
+        self.state = SpiderState.from_parameters(self.named) if spider else None
+        self.spider_s = 0.0
 
-    for step in range(steps):
+    def step(self, step: int) -> float:
+        from edray.train.core import answer_loss, collate_rows
+
         t0 = time.perf_counter()
-        one_step(step)
-        times.append(time.perf_counter() - t0)
-    # Peak of torch's allocator during one more step (activations, gradients, mask temporaries);
-    # the persistent SPIDER state is allocated before and is reported separately.
-    info["step_peak_bytes"] = _peak_bytes(lambda: one_step(steps))
-    if state is not None:
-        info["spider_state_bytes"] = state.extra_bytes()
-        info["largest_tensor_bytes"] = max(p.numel() * 4 for p in params)
-        info["apply_peak_bytes"] = _peak_bytes(lambda: state.apply(named))
-    return times, info
+        b = self.cfg.batch_size
+        batch = collate_rows(self.processor, self.rows[(step * b) % len(self.rows):][:b], self.cfg.max_length)
+        labels = batch.pop("labels")
+        loss_sum, n = answer_loss(self.model(**batch).logits, labels)
+        (loss_sum / n.clamp(min=1)).backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm)
+        t1 = time.perf_counter()
+        if self.state is not None:
+            self.state.capture(self.named)
+        t2 = time.perf_counter()
+        self.opt.step()
+        t3 = time.perf_counter()
+        if self.state is not None:
+            self.state.apply(self.named)
+        t4 = time.perf_counter()
+        self.spider_s = (t2 - t1) + (t4 - t3)
+        self.opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -132,8 +112,16 @@ def main() -> None:
         spider_cfg = TrainConfig(mode="spider", **base)
         skip = 3  # warm-up steps left out of medians
 
-        plain_full, mem_full = _plain_loop(full_cfg, student, rows, args.steps, spider=False)
-        plain_spider, mem = _plain_loop(spider_cfg, student, rows, args.steps, spider=True)
+        # Full and SPIDER steps alternate on the same batches so that load drift hits both alike.
+        full_loop = _PlainLoop(full_cfg, student, rows, spider=False)
+        spider_loop = _PlainLoop(spider_cfg, student, rows, spider=True)
+        plain_full, plain_spider, spider_only = [], [], []
+        for step in range(args.steps):
+            plain_full.append(full_loop.step(step))
+            plain_spider.append(spider_loop.step(step))
+            spider_only.append(spider_loop.spider_s)
+        state = spider_loop.state
+        trainable_bytes = sum(p.numel() * 4 for p in spider_loop.params)
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -155,17 +143,11 @@ def main() -> None:
         "ray_fit_wall_s": fit_s,
         "ray_vs_plain_throughput": med(plain_full) / med(ray_full),
         "spider_vs_full_step_time": med(plain_spider) / med(plain_full),
-        "trainable_bytes": mem["trainable_bytes"],
-        "spider_state_bytes": mem["spider_state_bytes"],
-        "spider_state_vs_trainable": mem["spider_state_bytes"] / mem["trainable_bytes"],
-        "largest_tensor_bytes": mem["largest_tensor_bytes"],
-        "apply_peak_bytes": mem["apply_peak_bytes"],
-        "full_step_peak_bytes": mem_full["step_peak_bytes"],
-        "spider_step_peak_bytes": mem["step_peak_bytes"],
-        # extra memory of SPIDER over full at its peak: persistent state + extra in-step transients
-        "spider_extra_peak_vs_trainable": (
-            mem["spider_state_bytes"] + max(0, mem["step_peak_bytes"] - mem_full["step_peak_bytes"])
-        ) / mem["trainable_bytes"],
+        "spider_capture_apply_s": med(spider_only),
+        "trainable_bytes": trainable_bytes,
+        "spider_state_bytes": state.extra_bytes(),
+        "spider_state_vs_trainable": state.extra_bytes() / trainable_bytes,
+        "largest_tensor_bytes": max(p.numel() * 4 for p in spider_loop.params),
     }
     text = json.dumps(result, indent=2)
     print(text)
