@@ -284,7 +284,9 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
+        # Inside `ray job submit` (or with RAY_ADDRESS set) join that cluster; otherwise start a private one
+        # rather than join whatever `ray start` left running on this machine.
+        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False, configure_logging=False)
     per_round = 3 + len(cfg.arms) * 2
     total = 1 + 2 * (cfg.world_dir is None or cfg.student is None) + per_round + (cfg.rounds - 1) * 5 + int(cfg.report)
     progress = Progress(total)
