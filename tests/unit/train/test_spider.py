@@ -125,3 +125,70 @@ def test_state_dict_round_trip_and_footprint() -> None:
     for name, _ in params:
         assert torch.equal(spider_mask(back.theta0[name], back.grad_sum[name]), spider_mask(state.theta0[name], state.grad_sum[name]))
     assert math.isclose(float(sd["steps"][0]), 1.0)
+
+
+def _reference_importance(x: torch.Tensor) -> torch.Tensor:
+    """R(x) written out from METHOD.md §2, one tensor at a time, with the documented guards."""
+    a = x.float().abs()
+    if not bool(a.any()):
+        return torch.zeros_like(a)  # zero tensor -> zeros
+    if a.numel() == 1:
+        return torch.full_like(a, 0.5)  # one element: no spread
+    std = a.std()
+    if float(std) == 0.0:
+        return (a > 0).float() * 0.5  # all magnitudes equal: sigmoid(0) on the non-zero entries
+    return torch.sigmoid((a - a.mean()) / std)
+
+
+def _reference_step(theta0: torch.Tensor, grad_sum: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """θ after SPIDER's mask, and the count of M > 0, from METHOD.md §2's formulas."""
+    i_pre, i_ft = _reference_importance(theta0), _reference_importance(grad_sum)
+    m = torch.zeros_like(i_ft)
+    released = i_ft > i_pre
+    m[released] = i_ft[released] / (i_pre[released] + i_ft[released])
+    if bool(released.any()):
+        m = torch.clamp(m / m[released].mean(), max=1.0)
+    return theta0 + m * (theta - theta0), int(released.sum())
+
+
+@pytest.mark.parametrize("group_numel", [1 << 22, 40])  # one group per size, or many small groups
+def test_batched_state_equals_per_tensor_reference(monkeypatch: pytest.MonkeyPatch, group_numel: int) -> None:
+    from edray.train import spider
+
+    monkeypatch.setattr(spider, "_GROUP_NUMEL", group_numel)
+    gen = torch.Generator().manual_seed(7)
+    shapes = {
+        "a.w": (16, 8), "b.w": (8, 16), "c.w": (128,), "d.w": (4, 4, 8),  # several share a size
+        "e.bias": (8,), "f.scalar": (1,), "g.zero": (6, 5), "h.const": (7,), "i.w": (3, 50),
+    }
+    theta0 = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+    theta0["g.zero"].zero_()  # an all-zero pre-trained tensor
+    theta0["h.const"] = torch.tensor([1.5, -1.5, 1.5, 1.5, -1.5, 1.5, 1.5])  # equal magnitudes
+    params = [(n, torch.nn.Parameter(t.clone())) for n, t in theta0.items()]
+    state = SpiderState.from_parameters(params)
+    for _ in range(3):
+        for _, p in params:
+            p.grad = torch.randn(p.shape, generator=gen) * torch.rand(p.shape, generator=gen).lt(0.7)
+        state.capture(params)
+    with torch.no_grad():
+        for _, p in params:
+            p.add_(torch.randn(p.shape, generator=gen))  # an update of the size of the weights
+    before = {n: p.detach().clone() for n, p in params}
+    density = state.apply(params)
+    assert list(density) == list(shapes)  # in the caller's order
+    for name, p in params:
+        want, released = _reference_step(theta0[name], state.grad_sum[name], before[name])
+        assert torch.allclose(p.detach(), want, atol=1e-6, rtol=0), name
+        assert density[name] == (released, p.numel()), name
+    # the one-element tensor: equal importance (0.5 vs 0.5) keeps it at theta0
+    assert params[5][1].detach().tolist() == theta0["f.scalar"].tolist()
+
+
+def test_batched_state_names_the_tensor_without_gradient() -> None:
+    params = [(n, torch.nn.Parameter(torch.randn(4, 4))) for n in ("x.w", "y.w", "z.w")]
+    state = SpiderState.from_parameters(params)
+    for name, p in params:
+        p.grad = torch.zeros(4, 4) if name == "y.w" else torch.randn(4, 4)
+    state.capture(params)
+    with pytest.raises(SpiderError, match="no gradient observed for y.w"):
+        state.apply(params)
