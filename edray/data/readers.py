@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -646,3 +646,37 @@ def read_and_split(
     parts = [t for t in parts if t.num_rows]
     quarantine = pa.concat_tables(parts).cast(QUARANTINE_SCHEMA) if parts else QUARANTINE_SCHEMA.empty_table()
     return valid, quarantine
+
+
+EVAL_REQUIRED_COLUMNS = ("id", "source_task", "images", "messages", "answer", "answer_type")
+
+
+def read_parquet_rows(
+    path: str | os.PathLike[str], required: Sequence[str], what: str, columns: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of a small Parquet file or folder (a validation split, a selection) as dicts, in file order.
+
+    For artifacts that fit in memory; the pool goes through :func:`read_samples`.
+
+    Args:
+        path: Parquet file or folder.
+        required: columns that must be present.
+        what: what the file is, for error messages ("validation set", "evaluation split").
+        columns: read only these columns (default: all).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: a required column is missing.
+    """
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    table = pq.read_table(p)
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{what} {p}: missing column(s) {missing}")
+    if columns is not None:
+        table = table.select(list(columns))
+    return table.to_pylist()

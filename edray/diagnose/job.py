@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 from edray.diagnose import core, locate
 from edray.diagnose.config import DiagnoseConfig
 from edray.diagnose.scoring import score_answer
+from edray.data.readers import EVAL_REQUIRED_COLUMNS as REQUIRED_COLUMNS
+from edray.data.readers import read_parquet_rows
 from edray.rundir import StageDir, fingerprint
 from edray.schemas import ANSWERS, ANSWERS_SCHEMA, ERRORS, ERRORS_SCHEMA, GAPS, GAPS_SCHEMA
 from edray.serve.config import ClientConfig
@@ -44,7 +46,6 @@ from edray.serve.config import ClientConfig
 log = logging.getLogger(__name__)
 
 STAGE = "diagnose"
-REQUIRED_COLUMNS = ("id", "source_task", "images", "messages", "answer", "answer_type")
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -58,13 +59,7 @@ def read_validation(path: str, task: str | None = None, limit: int | None = None
         ValueError: a required column is missing, or no row is left after filtering.
     """
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"validation set {p} does not exist")
-    table = pq.read_table(p)
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ValueError(f"validation set {p}: missing column(s) {missing}; expected EVAL_SCHEMA")
-    rows = table.to_pylist()
+    rows = read_parquet_rows(p, REQUIRED_COLUMNS, "validation set (EVAL_SCHEMA)")
     if task is not None:
         rows = [r for r in rows if r["source_task"] == task]
     rows.sort(key=lambda r: str(r["id"]))

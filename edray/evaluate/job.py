@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 
 from edray.evaluate import core
 from edray.evaluate.config import EvaluateConfig, ModelSpec
+from edray.data.readers import EVAL_REQUIRED_COLUMNS as REQUIRED_COLUMNS
+from edray.data.readers import read_parquet_rows
 from edray.rundir import StageDir, fingerprint
 from edray.schemas import (
     EVAL_PREDICTIONS,
@@ -51,7 +53,6 @@ from edray.schemas import (
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-REQUIRED_COLUMNS = ("id", "source_task", "images", "messages", "answer", "answer_type")
 
 
 # --- reading -----------------------------------------------------------------------------------------
@@ -71,14 +72,8 @@ def read_suite(paths: Sequence[str], limit: int | None = None, split: str | None
     """
     rows: list[dict[str, Any]] = []
     for path in paths:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"evaluation split {p} does not exist")
-        table = pq.read_table(p)
-        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-        if missing:
-            raise ValueError(f"evaluation split {p}: missing column(s) {missing}; expected EVAL_SCHEMA")
-        rows.extend(r for r in table.to_pylist() if split is None or r.get("split") == split)
+        found = read_parquet_rows(path, REQUIRED_COLUMNS, "evaluation split (EVAL_SCHEMA)")
+        rows.extend(r for r in found if split is None or r.get("split") == split)
     seen: set[str] = set()
     for r in rows:
         r["id"] = str(r["id"])

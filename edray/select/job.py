@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edray.index.core import instruction_and_answer
+from edray.data.readers import read_parquet_rows
 from edray.rundir import StageDir, fingerprint
 from edray.schemas import ERRORS, GAPS, SELECTION
 from edray.select import core
@@ -51,14 +52,7 @@ _ID_CHUNK = 512
 
 
 def _read_parquet_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, Any]]:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist")
-    table = pq.read_table(p)
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{p}: missing column(s) {missing}")
-    return table.select(list(columns)).to_pylist()
+    return read_parquet_rows(path, columns, "table", columns=columns)
 
 
 def _pool_ids(table: Any) -> list[str]:

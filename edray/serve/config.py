@@ -9,15 +9,33 @@ variable holding the API key, concurrency, retries and the response cache.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from edray.config import EdrayModel
 from edray.world.config import TeacherConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def check_base_url(value: str) -> str:
+    """An http(s) base URL without its trailing slash."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("base_url must start with http:// or https://")
+    return value.rstrip("/")
+
+
+def check_env_name(value: str) -> str:
+    """The name of an environment variable (never its value: secrets stay in the environment)."""
+    if not _ENV.match(value):
+        raise ValueError(f"api_key_env {value!r} is not an environment variable name")
+    return value
+
+
+BaseUrl = Annotated[str, AfterValidator(check_base_url)]
+EnvName = Annotated[str, AfterValidator(check_env_name)]
 
 
 def _check_name(value: str, what: str) -> str:
@@ -115,23 +133,11 @@ class ModelConfig(EdrayModel):
 class ExternalTeacherConfig(EdrayModel):
     """A teacher behind an external OpenAI-compatible endpoint: used by clients, not served here."""
 
-    base_url: str = Field(description="Endpoint base URL, e.g. https://api.example.com/v1.")
+    base_url: BaseUrl = Field(description="Endpoint base URL, e.g. https://api.example.com/v1.")
     model: str = Field(description="Model name sent in each request.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
+    api_key_env: EnvName = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
 
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return v.rstrip("/")
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _env(cls, v: str) -> str:
-        if not _ENV.match(v):
-            raise ValueError(f"api_key_env {v!r} is not an environment variable name")
-        return v
 
 
 class LimitsConfig(EdrayModel):
@@ -176,7 +182,7 @@ class ServeConfig(EdrayModel):
     route_prefix: str = Field(
         "/", pattern=r"^/[A-Za-z0-9._/-]*$", description="URL prefix of this application (several apps share one port)."
     )
-    api_key_env: str = Field(
+    api_key_env: EnvName = Field(
         "EDRAY_API_KEY", description="Environment variable holding the API key clients must send (Bearer)."
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
@@ -189,12 +195,6 @@ class ServeConfig(EdrayModel):
         300.0, gt=0.0, le=86_400.0, description="Longest a request may take before the server answers 504."
     )
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _env(cls, v: str) -> str:
-        if not _ENV.match(v):
-            raise ValueError(f"api_key_env {v!r} is not an environment variable name")
-        return v
 
     @field_validator("app_name")
     @classmethod
@@ -219,9 +219,9 @@ class ServeConfig(EdrayModel):
 class ClientConfig(EdrayModel):
     """How a stage reaches a model through the OpenAI-compatible API."""
 
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="API base URL (ends in /v1).")
+    base_url: BaseUrl = Field("http://127.0.0.1:8000/v1", description="API base URL (ends in /v1).")
     model: str = Field(description="Model name sent with each request (a base model or an adapter).")
-    api_key_env: str = Field("EDRAY_API_KEY", description="Environment variable holding the API key.")
+    api_key_env: EnvName = Field("EDRAY_API_KEY", description="Environment variable holding the API key.")
     max_concurrency: int = Field(8, ge=1, le=4096, description="Most requests in flight at once per client.")
     timeout_s: float = Field(120.0, gt=0.0, le=86_400.0, description="Per-request timeout (each attempt).")
     max_retries: int = Field(4, ge=0, le=50, description="Retries after the first attempt (429, 5xx, timeouts, connection errors).")
@@ -231,16 +231,4 @@ class ClientConfig(EdrayModel):
         None, description="Folder of the persistent response cache (sqlite); None disables caching."
     )
 
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return v.rstrip("/")
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _env(cls, v: str) -> str:
-        if not _ENV.match(v):
-            raise ValueError(f"api_key_env {v!r} is not an environment variable name")
-        return v
