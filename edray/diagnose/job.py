@@ -461,6 +461,11 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
         return f"r{config.round}:{c.answer['id']}"
 
     answers, cases = asyncio.run(diagnose(student, teacher, rows, config))
+    failed = [a for a in answers if a["failure"] is not None]
+    if answers and len(failed) == len(answers):
+        # Not a bad record but a broken setup (wrong endpoint, key, model name or token budget): committing
+        # a diagnosis without a single answer would hand select an empty error set.
+        raise RuntimeError(f"diagnose: every student call failed; first failure: {failed[0]['failure']}")
     gaps = find_gaps(cases, config, error_id)
     with stage.commit(config, fp, inputs=[config.validation]) as tmp:
         pq.write_table(pa.Table.from_pylist(answers, schema=ANSWERS_SCHEMA), tmp / ANSWERS)

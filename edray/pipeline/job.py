@@ -286,7 +286,12 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
     if not ray.is_initialized():
         # Inside `ray job submit` (or with RAY_ADDRESS set) join that cluster; otherwise start a private one
         # rather than join whatever `ray start` left running on this machine.
-        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False, configure_logging=False)
+        # Logical CPUs are oversubscribed (at least 4) on small machines: a streaming pipeline's read tasks,
+        # annotator and embedder actors must all be scheduled at once or the read starves (Ray on 2 cores).
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(include_dashboard=False, configure_logging=False)
+        else:
+            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, configure_logging=False)
     per_round = 3 + len(cfg.arms) * 2
     total = 1 + 2 * (cfg.world_dir is None or cfg.student is None) + per_round + (cfg.rounds - 1) * 5 + int(cfg.report)
     progress = Progress(total)

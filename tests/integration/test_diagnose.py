@@ -94,3 +94,27 @@ def test_diagnose_survives_a_faulty_teacher(pipeline_world, student_dir: Path, t
     recorded = sum((e["failure"] or "").count("HTTP 503") for e in errors)
     assert recorded == teacher.stats.failures > 0
     assert manifest["counts"]["errors_with_failures"] == sum(e["failure"] is not None for e in errors)
+
+
+def test_a_student_that_never_answers_fails_the_stage_loudly(pipeline_world, tmp_path: Path) -> None:
+    import socket
+
+    from edray.diagnose import job
+    from edray.diagnose.config import DiagnoseConfig
+    from edray.rundir import StageDir
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = {"base_url": f"http://127.0.0.1:{port}/v1", "max_retries": 0, "timeout_s": 2.0}
+    cfg = DiagnoseConfig.model_validate(
+        {
+            "validation": str(pipeline_world.validation),
+            "limit": 3,
+            "student": {"client": {**client, "model": "student"}},
+            "teacher": {**client, "model": "teacher"},
+        }
+    )
+    with pytest.raises(RuntimeError, match="every student call failed"):
+        job.run(cfg, tmp_path)
+    assert not StageDir(tmp_path, "diagnose", 0).is_done()
