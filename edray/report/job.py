@@ -362,7 +362,7 @@ def build_report(run_dir: str | Path, max_errors: int = 200, max_samples: int = 
         ("training", "Training", training_section(run, ks)),
         ("errors", "Errors", errors_section(run, ks, max_errors, max_samples)),
     ]
-    subtitle = f"run directory {run} · rounds: {', '.join(map(str, ks)) or 'none'}"
+    subtitle = f"run directory {run} · {len(ks)} round(s)" + (f" ({', '.join(f'round_{k}' for k in ks)})" if ks else "")
     return core.render_page(f"edray report: {run.resolve().name}", subtitle, sections)
 
 
