@@ -1,0 +1,72 @@
+"""The run config links every stage to the one before it (no Ray, no models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edray.config import ConfigError, load_config
+from edray.pipeline.config import RunConfig
+from edray.pipeline.job import RunPaths, stage_configs
+
+
+def _paths(tmp_path: Path) -> RunPaths:
+    return RunPaths(run_dir=tmp_path / "run", world_dir=tmp_path / "world", student=tmp_path / "student")
+
+
+def test_stages_are_linked_through_the_run_folder(tmp_path: Path) -> None:
+    cfg = RunConfig.model_validate(
+        {
+            "task": "corner",
+            "arms": [
+                {"name": "method", "strategy": "error_driven", "mode": "bm25", "train_mode": "spider"},
+                {"name": "rand", "strategy": "random"},
+            ],
+            "select": {"budget": 123, "contamination": {"evaluation": ["extra.parquet"]}},
+            "train": {"mode": "lora"},
+        }
+    )
+    paths = _paths(tmp_path)
+    s = stage_configs(cfg, paths, round_index=0, base_url="http://127.0.0.1:9999/v1")
+
+    val = tmp_path / "world" / "eval" / "corner" / "validation.parquet"
+    test = tmp_path / "world" / "eval" / "corner" / "test.parquet"
+    assert s.index.pool == str(tmp_path / "world" / "pool")
+    assert s.diagnose.validation == str(val)
+    assert s.diagnose.student.client.base_url == "http://127.0.0.1:9999/v1"
+    assert s.diagnose.teacher.model == cfg.serve.teacher_model
+
+    method, rand = s.select["method"], s.select["rand"]
+    assert (method.strategy, method.mode, method.budget) == ("error_driven", "bm25", 123)
+    assert (rand.strategy, rand.budget) == ("random", 123)
+    assert method.index_dir == str(tmp_path / "run" / "index")
+    assert method.diagnose_dir == str(tmp_path / "run" / "round_0" / "diagnose")
+    assert set(method.contamination.evaluation) == {"extra.parquet", str(val), str(test)}
+
+    assert s.train["method"].mode == "spider" and s.train["rand"].mode == "lora"
+    assert paths.arm_dir(cfg.arms, cfg.arms[0]) == tmp_path / "run"
+    assert paths.arm_dir(cfg.arms, cfg.arms[1]) == tmp_path / "run" / "arms" / "rand"
+
+    models = {m.name: m for m in s.evaluate.models}
+    assert s.evaluate.base.path == str(tmp_path / "student")
+    assert models["method"].path == str(tmp_path / "run" / "round_0" / "train") and models["method"].arm == "spider"
+    assert models["rand"].path == str(tmp_path / "run" / "arms" / "rand" / "round_0" / "train") and models["rand"].arm == "random"
+    assert s.evaluate.target == [str(test)]
+
+
+def test_later_rounds_continue_only_the_main_arm(tmp_path: Path) -> None:
+    cfg = RunConfig(rounds=2)
+    s = stage_configs(cfg, _paths(tmp_path), round_index=1)
+    assert s.diagnose.round == 1 and s.select[cfg.arms[0].name].round == 1
+    assert [m.name for m in s.evaluate.models] == [cfg.arms[0].name]
+    assert s.evaluate.models[0].path.endswith("round_1/train")
+
+
+def test_a_mistyped_section_field_fails_before_any_work(tmp_path: Path) -> None:
+    bad = tmp_path / "run.yaml"
+    bad.write_text("select:\n  budjet: 10\n")
+    with pytest.raises(ConfigError, match="budjet"):
+        load_config(RunConfig, bad)
+    with pytest.raises(ConfigError, match="unique"):
+        load_config(RunConfig, None, ["arms=[{name: a}, {name: a}]"])
