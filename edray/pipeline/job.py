@@ -42,6 +42,13 @@ log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
 STUDENT_NAME = "student"
+
+
+def student_name(round_index: int) -> str:
+    """The served name of round k's student. Each round's weights get their own name: the model
+    client's response cache is keyed by the request, model name included, so reusing one name would
+    answer round k from round k−1's replies."""
+    return STUDENT_NAME if round_index == 0 else f"{STUDENT_NAME}-r{round_index}"
 _PLACEHOLDER = "<filled-in-by-run>"
 
 
@@ -109,7 +116,7 @@ def stage_configs(
     index = validate_section(IndexConfig, {**cfg.index, "pool": str(paths.pool)}, "index")
 
     diag = _merge(cfg.diagnose, {"validation": validation, "round": round_index})
-    student_client = {"base_url": base_url, "model": STUDENT_NAME, "api_key_env": cfg.serve.api_key_env}
+    student_client = {"base_url": base_url, "model": student_name(round_index), "api_key_env": cfg.serve.api_key_env}
     diag.setdefault("student", {})
     diag["student"] = _merge(diag["student"], {"client": _merge(diag["student"].get("client", {}), student_client)})
     teacher_url = cfg.serve.teacher_base_url or base_url
@@ -203,13 +210,13 @@ def _diagnose_done(stage_cfg: Any, run_dir: Path) -> bool:
 
 
 @contextmanager
-def served(cfg: RunConfig, student: Path) -> Iterator[str]:
+def served(cfg: RunConfig, student: Path, name: str = STUDENT_NAME) -> Iterator[str]:
     """Serve the student (and the world teacher, unless the teacher is external) for the block."""
     from edray.serve import job as serve_job
     from edray.serve.config import ModelConfig, ServeConfig
 
     _ensure_api_key(cfg.serve.api_key_env)
-    models = [ModelConfig(name=STUDENT_NAME, engine=cfg.serve.student_engine, path=str(student))]
+    models = [ModelConfig(name=name, engine=cfg.serve.student_engine, path=str(student))]
     if cfg.serve.teacher_base_url is None:
         models.append(ModelConfig(name=cfg.serve.teacher_model, engine="world_teacher", teacher=cfg.world.teacher))
     scfg = ServeConfig(
@@ -293,7 +300,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
         else:
             ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, configure_logging=False)
     per_round = 3 + len(cfg.arms) * 2
-    total = 1 + 2 * (cfg.world_dir is None or cfg.student is None) + per_round + (cfg.rounds - 1) * 5 + int(cfg.report)
+    total = 1 + 2 * (cfg.world_dir is None or cfg.student is None) + per_round + (cfg.rounds - 1) * 4 + int(cfg.report)
     progress = Progress(total)
     paths = prepare(cfg, run_dir, progress, force)
     base = paths.student
@@ -307,7 +314,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
                 index_job.run(stages.index, run_dir, force=force)
         with progress.stage(f"round {k}: diagnose the student"):
             if force or not _diagnose_done(stages.diagnose, run_dir):
-                with served(cfg, current):
+                with served(cfg, current, student_name(k)):
                     diagnose_job.run(stages.diagnose, run_dir, force=force)
         arms = cfg.arms if k == 0 else cfg.arms[:1]
         for arm in arms:

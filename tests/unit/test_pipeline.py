@@ -59,6 +59,9 @@ def test_later_rounds_continue_only_the_main_arm(tmp_path: Path) -> None:
     cfg = RunConfig(rounds=2)
     s = stage_configs(cfg, _paths(tmp_path), round_index=1)
     assert s.diagnose.round == 1 and s.select[cfg.arms[0].name].round == 1
+    # round 1 diagnoses other weights than round 0: it must not share round 0's cached replies
+    first = stage_configs(cfg, _paths(tmp_path), round_index=0)
+    assert s.diagnose.student.client.model != first.diagnose.student.client.model
     assert [m.name for m in s.evaluate.models] == [cfg.arms[0].name]
     assert s.evaluate.models[0].path.endswith("round_1/train")
 
