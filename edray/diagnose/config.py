@@ -94,14 +94,10 @@ DEFAULT_SKILL_EXAMPLES = [
 ]
 
 
-class StudentConfig(EdrayModel):
-    """The student's step-by-step rollout over the validation set (step 1)."""
+class PromptConfig(EdrayModel):
+    """The student's prompt: one template per model family (shared by diagnose and evaluate, so the
+    student is asked the same way when it is diagnosed and when it is scored)."""
 
-    client: ClientConfig = Field(
-        default_factory=lambda: ClientConfig(model="student"),
-        description="How to reach the student to diagnose (in round k: the student tuned in round k−1).",
-    )
-    max_tokens: int = Field(256, ge=1, le=32768, description="Upper bound on tokens per step-by-step reply.")
     family: str = Field("default", min_length=1, max_length=64, description="Key of the prompt template to use.")
     templates: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_STUDENT_TEMPLATES),
@@ -109,10 +105,20 @@ class StudentConfig(EdrayModel):
     )
 
     @model_validator(mode="after")
-    def _family_known(self) -> "StudentConfig":
+    def _family_known(self) -> "PromptConfig":
         if self.family not in self.templates:
             raise ValueError(f"family {self.family!r} has no template; known: {sorted(self.templates)}")
         return self
+
+
+class StudentConfig(PromptConfig):
+    """The student's step-by-step rollout over the validation set (step 1)."""
+
+    client: ClientConfig = Field(
+        default_factory=lambda: ClientConfig(model="student"),
+        description="How to reach the student to diagnose (in round k: the student tuned in round k−1).",
+    )
+    max_tokens: int = Field(256, ge=1, le=32768, description="Upper bound on tokens per step-by-step reply.")
 
 
 class ScoringConfig(EdrayModel):

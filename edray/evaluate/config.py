@@ -12,7 +12,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from edray.config import EdrayModel
-from edray.diagnose.config import DEFAULT_STUDENT_TEMPLATES, ScoringConfig
+from edray.diagnose.config import PromptConfig, ScoringConfig
 from edray.serve.config import ClientConfig
 
 
@@ -40,23 +40,12 @@ class ModelSpec(EdrayModel):
     )
 
 
-class GenerationConfig(EdrayModel):
+class GenerationConfig(PromptConfig):
     """How answers are produced (greedy, as diagnose asks the student)."""
 
-    family: str = Field("default", min_length=1, max_length=64, description="Key of the prompt template to use.")
-    templates: dict[str, str] = Field(
-        default_factory=lambda: dict(DEFAULT_STUDENT_TEMPLATES),
-        description="Prompt template per model family; fields {question} and {options} (the diagnose stage's).",
-    )
     max_tokens: int = Field(256, ge=1, le=32768, description="Upper bound on generated tokens per answer.")
     batch_size: int = Field(32, ge=1, le=4096, description="transformers backend: prompts per generate() batch.")
     torch_threads: int = Field(0, ge=0, le=1024, description="transformers backend: torch threads (0: torch's default).")
-
-    @model_validator(mode="after")
-    def _family_known(self) -> "GenerationConfig":
-        if self.family not in self.templates:
-            raise ValueError(f"family {self.family!r} has no template; known: {sorted(self.templates)}")
-        return self
 
 
 class EvaluateConfig(EdrayModel):
