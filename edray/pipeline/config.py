@@ -41,6 +41,13 @@ class ArmConfig(EdrayModel):
     train_mode: Optional[Literal["lora", "full", "spider"]] = Field(
         None, description="train.mode of this arm; null keeps the train section's value."
     )
+    select: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further select fields of this arm over the select section (e.g. budget, seed, query).",
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="Further train fields of this arm over the train section (e.g. seed, epochs)."
+    )
 
     @field_validator("name")
     @classmethod

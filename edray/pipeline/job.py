@@ -129,7 +129,7 @@ def stage_configs(
     out = StageConfigs(index=index, diagnose=diagnose)
     for arm in cfg.arms:
         sel = _merge(
-            cfg.select,
+            _deep_merge(cfg.select, arm.select),
             {
                 "round": round_index,
                 "strategy": arm.strategy,
@@ -145,7 +145,7 @@ def stage_configs(
         guard["evaluation"] = sorted(set(guard.get("evaluation", [])) | {validation, test})
         sel["contamination"] = guard
         out.select[arm.name] = validate_section(SelectConfig, sel, f"select (arm {arm.name})")
-        train = dict(cfg.train)
+        train = _deep_merge(cfg.train, arm.train)
         if arm.train_mode is not None:
             train["mode"] = arm.train_mode
         out.train[arm.name] = validate_section(TrainConfig, train, f"train (arm {arm.name})")
@@ -175,6 +175,17 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """A shallow copy of ``base`` with ``update``'s keys set (the run's links win over the section)."""
     merged = dict(base)
     merged.update(update)
+    return merged
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, nested mappings merged key by key (an arm's overrides)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
     return merged
 
 

@@ -73,3 +73,23 @@ def test_a_mistyped_section_field_fails_before_any_work(tmp_path: Path) -> None:
         load_config(RunConfig, bad)
     with pytest.raises(ConfigError, match="unique"):
         load_config(RunConfig, None, ["arms=[{name: a}, {name: a}]"])
+
+
+def test_arm_overrides_reach_only_their_arm(tmp_path: Path) -> None:
+    cfg = RunConfig(
+        select={"budget": 500, "seed": 3},
+        train={"optim": {"lr": 0.001, "warmup_steps": 2}},
+        arms=[
+            {"name": "main"},
+            {"name": "small", "select": {"budget": 50, "query": "step"}, "train": {"seed": 7, "optim": {"lr": 0.0005}}},
+        ],
+    )
+    s = stage_configs(cfg, _paths(tmp_path))
+    assert (s.select["main"].budget, s.select["main"].query, s.select["main"].seed) == (500, "skill", 3)
+    assert (s.select["small"].budget, s.select["small"].query, s.select["small"].seed) == (50, "step", 3)
+    assert s.train["small"].seed == 7 and s.train["main"].seed == 0
+    # nested sections merge key by key: the arm's lr, the section's warm-up
+    assert s.train["small"].optim.lr == 0.0005 and s.train["small"].optim.warmup_steps == 2
+    assert s.train["main"].optim.lr == 0.001
+    with pytest.raises(ConfigError, match="small"):
+        load_config(RunConfig, None, ["arms=[{name: small, select: {budjet: 5}}]"])
