@@ -310,8 +310,10 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
             ray.init(include_dashboard=False, configure_logging=False)
         else:
             ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, configure_logging=False)
-    per_round = 3 + len(cfg.arms) * 2
-    total = 1 + 2 * (cfg.world_dir is None or cfg.student is None) + per_round + (cfg.rounds - 1) * 4 + int(cfg.report)
+    # world and student (each only when generated here), index, then per round diagnose + evaluate and a
+    # select + train per arm (round 0 runs every arm, later rounds the main arm only), then the report
+    prepared = int(cfg.world_dir is None) + int(cfg.student is None)
+    total = prepared + 1 + (2 + 2 * len(cfg.arms)) + (cfg.rounds - 1) * 4 + int(cfg.report)
     progress = Progress(total)
     paths = prepare(cfg, run_dir, progress, force)
     base = paths.student
