@@ -41,6 +41,8 @@ from edray.world.config import SceneConfig
 from edray.world.student import StudentConfig, build_student, export_for_vllm, world_texts
 
 PRETRAIN_LOG = "pretrain_log.json"
+# Bumped whenever the recipe's code changes what a config produces, so cached students are not reused.
+RECIPE_VERSION = "world-pretrain-2"
 DEFAULT_GAP_MIX = {"attribute_binding": 0.05, "vertical_position": 0.05}
 
 
@@ -56,6 +58,20 @@ class PretrainConfig(EdrayModel):
             "Relative weights by skill or source-task name (default 1 each): the skills given a small weight "
             "are the student's designed gaps (0.05 is about 0.4 % of the rows)."
         ),
+    )
+    vision_steps: int = Field(
+        200,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Steps of the vision warm-up before instruction training: the vision tower learns, from the scene "
+            "graphs, the color, shape and size of the object under every patch (0: skip). The stand-in for the "
+            "pretrained vision encoder a real LLaVA starts from."
+        ),
+    )
+    vision_lr: float = Field(2e-3, gt=0, le=1.0, description="Peak learning rate of the vision warm-up.")
+    freeze_vision: bool = Field(
+        True, description="Keep the vision tower fixed during instruction training (as LLaVA keeps its encoder)."
     )
     num_rows: int = Field(16_000, ge=64, le=10_000_000, description="Distinct training rows generated (reused across epochs).")
     steps: int = Field(3000, ge=1, le=10_000_000, description="Optimizer steps.")
@@ -143,6 +159,74 @@ def _encode_rows(processor: Any, rows: list[dict[str, Any]], max_length: int, ch
     return out
 
 
+def patch_targets(rows: list[dict[str, Any]], image_size: int, patch_size: int) -> Any:
+    """Per-patch labels of the vision warm-up: ``[rows, 3, patches]`` (color, shape, size; 0 = no object).
+
+    A patch is labelled with the object of the grid cell it lies in (objects are centred in their cells).
+    """
+    import torch
+
+    from edray.world.scene import COLORS, SHAPES, SIZES
+
+    colors, side = list(COLORS), image_size // patch_size
+    out = torch.zeros(len(rows), 3, side, side, dtype=torch.long)
+    for i, row in enumerate(rows):
+        scene = json.loads(row["metadata"])["world"]["scene"]
+        per = side // scene["grid"]
+        for o in scene["objects"]:
+            r0, c0 = o["row"] * per, o["col"] * per
+            cell = (slice(r0, r0 + per), slice(c0, c0 + per))
+            out[i, 0][cell] = colors.index(o["color"]) + 1
+            out[i, 1][cell] = SHAPES.index(o["shape"]) + 1
+            out[i, 2][cell] = SIZES.index(o["size"]) + 1
+    return out.view(len(rows), 3, side * side)
+
+
+def vision_warmup(model: Any, pixels: list[Any], targets: Any, cfg: PretrainConfig, rank: int, world: int) -> dict[str, float]:
+    """Train the vision tower to name the color, shape and size under each patch (linear heads, dropped after).
+
+    With several workers, gradients are averaged across them so every replica keeps the same weights.
+
+    Returns:
+        The final loss and per-attribute patch accuracy on the last batch.
+    """
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from edray.train.core import lr_factor
+    from edray.world.scene import COLORS, SHAPES, SIZES
+
+    tower = model.model.vision_tower
+    hidden = tower.config.hidden_size
+    torch.manual_seed(cfg.seed)  # the heads start alike on every worker
+    heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n + 1) for n in (len(COLORS), len(SHAPES), len(SIZES)))
+    params = list(tower.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr)
+    warm = max(1, cfg.vision_steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.vision_steps, warm, "cosine"))
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+    loss, acc = torch.tensor(0.0), [0.0, 0.0, 0.0]
+    for _ in range(cfg.vision_steps):
+        idx = torch.randint(0, len(pixels), (cfg.batch_size,), generator=gen).tolist()
+        feats = tower(torch.cat([pixels[i] for i in idx])).last_hidden_state[:, 1:]  # drop CLS, as LLaVA does
+        labels = targets[idx]
+        logits = [head(feats) for head in heads]
+        loss = sum(F.cross_entropy(lg.reshape(-1, lg.size(-1)), labels[:, k].reshape(-1)) for k, lg in enumerate(logits))
+        loss.backward()
+        if world > 1:
+            for q in params:
+                if q.grad is not None:
+                    dist.all_reduce(q.grad)
+                    q.grad /= world
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    if cfg.vision_steps:
+        acc = [float((lg.argmax(-1) == labels[:, k]).float().mean()) for k, lg in enumerate(logits)]
+    return {"vision_loss": float(loss), "vision_color_acc": acc[0], "vision_shape_acc": acc[1], "vision_size_acc": acc[2]}
+
+
 def train_func(loop_config: dict[str, Any]) -> None:
     """Ray Train worker loop: generate this worker's rows, encode them once, train every weight.
 
@@ -171,8 +255,22 @@ def train_func(loop_config: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     per_worker = cfg.num_rows // world
     table = generate_support_rows(cfg.pool_seed, rank * per_worker, per_worker, cfg.mix, cfg.scene)
-    examples = _encode_rows(processor, table.to_pylist(), cfg.student.max_length)
+    rows = table.to_pylist()
+    examples = _encode_rows(processor, rows, cfg.student.max_length)
     prep_s = time.perf_counter() - t0
+
+    t_vision = time.perf_counter()
+    warmup: dict[str, float] = {}
+    if cfg.vision_steps:
+        targets = patch_targets(rows, cfg.student.image_size, cfg.student.patch_size)
+        warmup = vision_warmup(model, [e["pixel_values"] for e in examples], targets, cfg, rank, world)
+        if rank == 0:
+            print(f"[pretrain] vision warm-up: {json.dumps({k: round(v, 4) for k, v in warmup.items()})}", flush=True)
+    warmup["vision_s"] = round(time.perf_counter() - t_vision, 2)
+    del rows
+    if cfg.freeze_vision:
+        for q in model.model.vision_tower.parameters():
+            q.requires_grad_(False)
 
     ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp") if world > 1 else model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -219,6 +317,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
             log = {
                 "curve": curve,
                 "prepare_s": round(prep_s, 2),
+                "vision_warmup": warmup,
                 "train_s": round(time.perf_counter() - t_train, 2),
                 "rows_per_worker": per_worker,
                 "world_size": world,
@@ -226,6 +325,11 @@ def train_func(loop_config: dict[str, Any]) -> None:
             Path(tmp, PRETRAIN_LOG).write_text(json.dumps(log, indent=2))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({"loss": curve[-1]["loss"]}, checkpoint=ckpt)
+
+
+def recipe_fingerprint(cfg: PretrainConfig) -> str:
+    """The cache key of a pretrained student: its config and the recipe version."""
+    return fingerprint(cfg, extra={"recipe": RECIPE_VERSION})
 
 
 def pretrain_student(cfg: PretrainConfig, out_dir: str | os.PathLike[str], force: bool = False) -> Path:
@@ -249,7 +353,7 @@ def pretrain_student(cfg: PretrainConfig, out_dir: str | os.PathLike[str], force
 
     out = Path(out_dir).resolve()
     stage = StageDir(out.parent, out.name)
-    fp = fingerprint(cfg, extra={"recipe": "world-pretrain-1"})
+    fp = recipe_fingerprint(cfg)
     if stage.is_done(fp) and not force:
         return stage.path
     stage.clean_stale()

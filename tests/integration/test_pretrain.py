@@ -24,6 +24,10 @@ def test_ci_pretraining_lowers_the_loss_and_is_cached(pretrained_student_dir, tm
     assert losses[-1] < 0.6 * losses[0]
     assert min(losses[-3:]) < min(losses[:3])
 
+    # The vision warm-up taught the tower what lies under each patch before instruction training.
+    warm = log["vision_warmup"]
+    assert min(warm["vision_color_acc"], warm["vision_shape_acc"], warm["vision_size_acc"]) >= 0.9, warm
+
     manifest = json.loads((pretrained_student_dir / "manifest.json").read_text())
     assert manifest["counts"] == {"rows": cfg.num_rows, "steps": cfg.steps}
     started = time.monotonic()

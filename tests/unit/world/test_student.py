@@ -188,3 +188,29 @@ def test_pretrain_config_rejects_image_size_mismatch():
     with pytest.raises(ValueError, match="patch-aligned"):
         PretrainConfig(scene={"image_size": 64, "grid": 2})
     assert PretrainConfig.ci().student.text_hidden == 64
+
+
+def test_patch_targets_label_the_patches_of_each_objects_cell() -> None:
+    import json
+
+    import torch
+
+    from edray.world.pretrain import patch_targets
+    from edray.world.scene import COLORS, SHAPES, SIZES
+
+    scene = {
+        "grid": 2,
+        "image_size": 32,
+        "objects": [
+            {"row": 0, "col": 1, "color": "red", "shape": "square", "size": "large"},
+            {"row": 1, "col": 0, "color": "blue", "shape": "cross", "size": "small"},
+        ],
+    }
+    t = patch_targets([{"metadata": json.dumps({"world": {"scene": scene}})}], image_size=32, patch_size=8)
+    assert t.shape == (1, 3, 16)
+    grid = t[0].view(3, 4, 4)
+    # top-right 2x2 patches: the red square; bottom-left: the blue cross; the other cells are empty (0)
+    red_square = torch.tensor([list(COLORS).index("red") + 1, SHAPES.index("square") + 1, SIZES.index("large") + 1])
+    assert (grid[:, :2, 2:] == red_square.view(3, 1, 1)).all()
+    assert (grid[0, 2:, :2] == list(COLORS).index("blue") + 1).all() and (grid[1, 2:, :2] == SHAPES.index("cross") + 1).all()
+    assert (grid[:, :2, :2] == 0).all() and (grid[:, 2:, 2:] == 0).all()
