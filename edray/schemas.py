@@ -203,6 +203,9 @@ EVAL_SUITES = ("target", "general")
 # --- report ---
 REPORT_HTML = "report.html"
 
+# A run folder (`edray run`): the validated run config, written when the run starts.
+RUN_CONFIG = "run_config.json"
+
 # --- index ---
 # Inside the index stage folder (runs/<run>/index): the quarantine (QUARANTINE), the rows whose skill
 # annotation failed, the run summary (SUMMARY) and where the LanceDB table is and how to query it. The

@@ -100,7 +100,7 @@ class RunConfig(EdrayModel):
     arms: list[ArmConfig] = Field(
         default_factory=lambda: [ArmConfig(name="error_driven"), ArmConfig(name="random", strategy="random")],
         min_length=1,
-        max_length=32,
+        max_length=128,
         description="Training arms at the same budget; the first is the main arm.",
     )
     serve: ServeSettings = Field(default_factory=ServeSettings, description="Serving for the diagnose stage.")

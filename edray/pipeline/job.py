@@ -36,7 +36,7 @@ from rich.console import Console
 from edray.config import ConfigError
 from edray.pipeline.config import ArmConfig, RunConfig, validate_section
 from edray.rundir import StageDir, fingerprint
-from edray.schemas import SELECTION, WORLD_EVAL_DIR, WORLD_GENERAL_SUITE, WORLD_POOL_DIR
+from edray.schemas import RUN_CONFIG, SELECTION, WORLD_EVAL_DIR, WORLD_GENERAL_SUITE, WORLD_POOL_DIR
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -259,7 +259,7 @@ def _tuned_student(run_dir: Path, round_index: int, base: Path) -> Path:
 def prepare(cfg: RunConfig, run_dir: Path, progress: Progress, force: bool = False) -> RunPaths:
     """World and student: generate/pretrain them unless given (both are cached by config)."""
     from edray.world import job as world_job
-    from edray.world.pretrain import pretrain_student
+    from edray.world.pretrain import pretrain_student, recipe_fingerprint
 
     if cfg.world_dir is None:
         with progress.stage("world: generate the skills world"):
@@ -270,7 +270,7 @@ def prepare(cfg: RunConfig, run_dir: Path, progress: Progress, force: bool = Fal
             raise ConfigError(f"world_dir: {world_dir} holds no {WORLD_POOL_DIR}/ (generate one with `edray world generate`)")
     if cfg.student is None:
         with progress.stage("student: pretrain the generic student (cached by config)"):
-            fp = fingerprint(cfg.pretrain, extra={"recipe": "world-pretrain-1"})[:16]
+            fp = recipe_fingerprint(cfg.pretrain)[:16]
             student = pretrain_student(cfg.pretrain, Path(cfg.student_cache) / fp)
     else:
         student = Path(cfg.student)
@@ -310,6 +310,10 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
             ray.init(include_dashboard=False, configure_logging=False)
         else:
             ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, configure_logging=False)
+    # The config the run was started with, for whoever reads the folder later (report, result tables).
+    tmp = run_dir / f".{RUN_CONFIG}.tmp"
+    tmp.write_text(cfg.model_dump_json(indent=2))
+    os.replace(tmp, run_dir / RUN_CONFIG)
     # world and student (each only when generated here), index, then per round diagnose + evaluate and a
     # select + train per arm (round 0 runs every arm, later rounds the main arm only), then the report
     prepared = int(cfg.world_dir is None) + int(cfg.student is None)
