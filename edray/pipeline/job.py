@@ -22,6 +22,7 @@ Run it with::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -44,11 +45,29 @@ console = Console(stderr=True)
 STUDENT_NAME = "student"
 
 
-def student_name(round_index: int) -> str:
-    """The served name of round k's student. Each round's weights get their own name: the model
-    client's response cache is keyed by the request, model name included, so reusing one name would
-    answer round k from round k−1's replies."""
-    return STUDENT_NAME if round_index == 0 else f"{STUDENT_NAME}-r{round_index}"
+def student_name(round_index: int, student: Path | None = None) -> str:
+    """The served name of round k's student, e.g. ``student-3f9c0a1b`` or ``student-r1-77d0e2c4``.
+
+    The name carries the round and, when ``student`` is given, a digest of that model folder's weights
+    (:func:`model_digest`). The model client's response cache and the diagnose stage's fingerprint both
+    include the model name, so other weights under the same run folder (the next round's student, or a
+    re-pretrained base) are diagnosed afresh rather than answered from the previous weights' replies.
+    """
+    name = STUDENT_NAME if round_index == 0 else f"{STUDENT_NAME}-r{round_index}"
+    return f"{name}-{model_digest(student)[:8]}" if student is not None else name
+
+
+def model_digest(folder: Path) -> str:
+    """A digest of a model folder's weights and config: file names, sizes and modification times (cheap)."""
+    folder = Path(folder)
+    h = hashlib.sha256(str(folder.resolve()).encode())
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("config.json"))
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
 _PLACEHOLDER = "<filled-in-by-run>"
 
 
@@ -89,6 +108,7 @@ def stage_configs(
     round_index: int = 0,
     base_url: str = "http://127.0.0.1:8011/v1",
     placeholder: bool = False,
+    student: Path | None = None,
 ) -> StageConfigs:
     """Build and validate each stage's config for one round from the run config.
 
@@ -98,6 +118,8 @@ def stage_configs(
         round_index: the round k.
         base_url: the run's Serve application (student and, unless external, teacher).
         placeholder: validate the sections only (paths are placeholders).
+        student: the model folder diagnosed this round (default: the base student in round 0); its
+            digest is part of the served name.
 
     Raises:
         ConfigError: a section holds an invalid or unknown field.
@@ -116,7 +138,9 @@ def stage_configs(
     index = validate_section(IndexConfig, {**cfg.index, "pool": str(paths.pool)}, "index")
 
     diag = _merge(cfg.diagnose, {"validation": validation, "round": round_index})
-    student_client = {"base_url": base_url, "model": student_name(round_index), "api_key_env": cfg.serve.api_key_env}
+    if student is None and round_index == 0 and not placeholder:
+        student = paths.student
+    student_client = {"base_url": base_url, "model": student_name(round_index, student), "api_key_env": cfg.serve.api_key_env}
     diag.setdefault("student", {})
     diag["student"] = _merge(diag["student"], {"client": _merge(diag["student"].get("client", {}), student_client)})
     teacher_url = cfg.serve.teacher_base_url or base_url
@@ -190,7 +214,8 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 class Progress:
-    """One line per stage across the whole run: which stage, done or skipped, how long."""
+    """One line per stage across the whole run: which stage and how long (a stage finished by an earlier
+    run is skipped by its own job and shows as done in about 0 s)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.n, self.started = total, 0, time.time()
@@ -325,13 +350,13 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
     base_url = f"http://{cfg.serve.host}:{cfg.serve.port}/v1"
 
     for k in range(cfg.rounds):
-        stages = stage_configs(cfg, paths, k, base_url)
+        stages = stage_configs(cfg, paths, k, base_url, student=current)
         if k == 0:
             with progress.stage("index: annotate, embed and index the supporting pool"):
                 index_job.run(stages.index, run_dir, force=force)
         with progress.stage(f"round {k}: diagnose the student"):
             if force or not _diagnose_done(stages.diagnose, run_dir):
-                with served(cfg, current, student_name(k)):
+                with served(cfg, current, stages.diagnose.student.client.model):
                     diagnose_job.run(stages.diagnose, run_dir, force=force)
         arms = cfg.arms if k == 0 else cfg.arms[:1]
         for arm in arms:

@@ -93,3 +93,24 @@ def test_arm_overrides_reach_only_their_arm(tmp_path: Path) -> None:
     assert s.train["main"].optim.lr == 0.001
     with pytest.raises(ConfigError, match="small"):
         load_config(RunConfig, None, ["arms=[{name: small, select: {budjet: 5}}]"])
+
+
+def test_other_weights_get_another_served_name(tmp_path: Path) -> None:
+    """Diagnose fingerprints and the response cache key on the served name: new weights, new name."""
+    import os
+
+    from edray.pipeline.job import student_name
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"x" * 10)
+    assert student_name(0, a) == student_name(0, a) != student_name(0, b)
+    before = student_name(0, a)
+    (a / "model.safetensors").write_bytes(b"y" * 11)  # re-pretrained in place
+    os.utime(a / "model.safetensors", ns=(1, 1))
+    assert student_name(0, a) != before
+    cfg = RunConfig()
+    paths = _paths(tmp_path)
+    assert stage_configs(cfg, paths).diagnose.student.client.model == student_name(0, paths.student)
