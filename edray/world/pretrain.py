@@ -4,7 +4,7 @@ The method starts from a *generic* student that is good at most things and weak 
 §1: the student fails the target task because it lacks some skills). In the skills world that student
 is made on purpose: the tiny LLaVA of :mod:`edray.world.student` is trained from random weights on a
 "generic mix" of the world's supporting pool in which chosen skills are under-represented (by default
-attribute binding and vertical position at about 0.4 % of the rows each), so it learns the rest and
+attribute binding and vertical position at about 0.17 % of the rows each), so it learns the rest and
 keeps known gaps for diagnose and select to find.
 
 Inputs: a :class:`PretrainConfig`. Outputs: a Hugging Face LLaVA folder (loads in transformers and
@@ -42,8 +42,8 @@ from edray.world.student import StudentConfig, build_student, export_for_vllm, w
 
 PRETRAIN_LOG = "pretrain_log.json"
 # Bumped whenever the recipe's code changes what a config produces, so cached students are not reused.
-RECIPE_VERSION = "world-pretrain-2"
-DEFAULT_GAP_MIX = {"attribute_binding": 0.05, "vertical_position": 0.05}
+RECIPE_VERSION = "world-pretrain-3"
+DEFAULT_GAP_MIX = {"attribute_binding": 0.02, "vertical_position": 0.02}
 
 
 class PretrainConfig(EdrayModel):
@@ -56,7 +56,7 @@ class PretrainConfig(EdrayModel):
         default_factory=lambda: dict(DEFAULT_GAP_MIX),
         description=(
             "Relative weights by skill or source-task name (default 1 each): the skills given a small weight "
-            "are the student's designed gaps (0.05 is about 0.4 % of the rows)."
+            "are the student's designed gaps (0.02 is about 0.17 % of the rows)."
         ),
     )
     vision_steps: int = Field(
@@ -160,30 +160,35 @@ def _encode_rows(processor: Any, rows: list[dict[str, Any]], max_length: int, ch
 
 
 def patch_targets(rows: list[dict[str, Any]], image_size: int, patch_size: int) -> Any:
-    """Per-patch labels of the vision warm-up: ``[rows, 3, patches]`` (color, shape, size; 0 = no object).
+    """Per-patch labels of the vision warm-up: ``[rows, 5, patches]``.
 
-    A patch is labelled with the object of the grid cell it lies in (objects are centred in their cells).
+    Channels: color, shape and size of the object in the patch's grid cell (0 = no object; objects are
+    centred in their cells), then the cell's row and column. The last two are the same for every image:
+    they keep where a patch lies in its features, which position questions need.
     """
     import torch
 
     from edray.world.scene import COLORS, SHAPES, SIZES
 
     colors, side = list(COLORS), image_size // patch_size
-    out = torch.zeros(len(rows), 3, side, side, dtype=torch.long)
+    out = torch.zeros(len(rows), 5, side, side, dtype=torch.long)
     for i, row in enumerate(rows):
         scene = json.loads(row["metadata"])["world"]["scene"]
         per = side // scene["grid"]
+        cells = torch.arange(side) // per
+        out[i, 3] = cells.view(side, 1)
+        out[i, 4] = cells.view(1, side)
         for o in scene["objects"]:
             r0, c0 = o["row"] * per, o["col"] * per
             cell = (slice(r0, r0 + per), slice(c0, c0 + per))
             out[i, 0][cell] = colors.index(o["color"]) + 1
             out[i, 1][cell] = SHAPES.index(o["shape"]) + 1
             out[i, 2][cell] = SIZES.index(o["size"]) + 1
-    return out.view(len(rows), 3, side * side)
+    return out.view(len(rows), 5, side * side)
 
 
 def vision_warmup(model: Any, pixels: list[Any], targets: Any, cfg: PretrainConfig, rank: int, world: int) -> dict[str, float]:
-    """Train the vision tower to name the color, shape and size under each patch (linear heads, dropped after).
+    """Train the vision tower to name the object under each patch and the patch's cell (linear heads, dropped after).
 
     With several workers, gradients are averaged across them so every replica keeps the same weights.
 
@@ -200,13 +205,15 @@ def vision_warmup(model: Any, pixels: list[Any], targets: Any, cfg: PretrainConf
     tower = model.model.vision_tower
     hidden = tower.config.hidden_size
     torch.manual_seed(cfg.seed)  # the heads start alike on every worker
-    heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n + 1) for n in (len(COLORS), len(SHAPES), len(SIZES)))
+    grid = cfg.scene.grid
+    sizes = (len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1, grid, grid)
+    heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n) for n in sizes)
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr)
     warm = max(1, cfg.vision_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.vision_steps, warm, "cosine"))
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
-    loss, acc = torch.tensor(0.0), [0.0, 0.0, 0.0]
+    loss, acc = torch.tensor(0.0), [0.0] * len(sizes)
     for _ in range(cfg.vision_steps):
         idx = torch.randint(0, len(pixels), (cfg.batch_size,), generator=gen).tolist()
         feats = tower(torch.cat([pixels[i] for i in idx])).last_hidden_state[:, 1:]  # drop CLS, as LLaVA does
@@ -224,7 +231,8 @@ def vision_warmup(model: Any, pixels: list[Any], targets: Any, cfg: PretrainConf
         optimizer.zero_grad(set_to_none=True)
     if cfg.vision_steps:
         acc = [float((lg.argmax(-1) == labels[:, k]).float().mean()) for k, lg in enumerate(logits)]
-    return {"vision_loss": float(loss), "vision_color_acc": acc[0], "vision_shape_acc": acc[1], "vision_size_acc": acc[2]}
+    names = ("color", "shape", "size", "row", "column")
+    return {"vision_loss": float(loss), **{f"vision_{n}_acc": a for n, a in zip(names, acc)}}
 
 
 def train_func(loop_config: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ def test_ci_pretraining_lowers_the_loss_and_is_cached(pretrained_student_dir, tm
 
     # The vision warm-up taught the tower what lies under each patch before instruction training.
     warm = log["vision_warmup"]
-    assert min(warm["vision_color_acc"], warm["vision_shape_acc"], warm["vision_size_acc"]) >= 0.9, warm
+    assert min(v for k, v in warm.items() if k.endswith("_acc")) >= 0.9, warm
 
     manifest = json.loads((pretrained_student_dir / "manifest.json").read_text())
     assert manifest["counts"] == {"rows": cfg.num_rows, "steps": cfg.steps}

@@ -207,10 +207,13 @@ def test_patch_targets_label_the_patches_of_each_objects_cell() -> None:
         ],
     }
     t = patch_targets([{"metadata": json.dumps({"world": {"scene": scene}})}], image_size=32, patch_size=8)
-    assert t.shape == (1, 3, 16)
-    grid = t[0].view(3, 4, 4)
+    assert t.shape == (1, 5, 16)
+    grid = t[0].view(5, 4, 4)
     # top-right 2x2 patches: the red square; bottom-left: the blue cross; the other cells are empty (0)
     red_square = torch.tensor([list(COLORS).index("red") + 1, SHAPES.index("square") + 1, SIZES.index("large") + 1])
-    assert (grid[:, :2, 2:] == red_square.view(3, 1, 1)).all()
+    assert (grid[:3, :2, 2:] == red_square.view(3, 1, 1)).all()
     assert (grid[0, 2:, :2] == list(COLORS).index("blue") + 1).all() and (grid[1, 2:, :2] == SHAPES.index("cross") + 1).all()
-    assert (grid[:, :2, :2] == 0).all() and (grid[:, 2:, 2:] == 0).all()
+    assert (grid[:3, :2, :2] == 0).all() and (grid[:3, 2:, 2:] == 0).all()
+    # every patch also knows its cell: row 0 on top, column 1 on the right, whatever the image
+    assert grid[3].tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+    assert grid[4].tolist() == [[0, 0, 1, 1]] * 4
