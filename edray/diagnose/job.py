@@ -21,7 +21,6 @@ a reply that cannot be read, is recorded in the error's ``failure`` column and t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edray.aio import run_sync
 from edray.diagnose import core, locate
 from edray.diagnose.config import DiagnoseConfig
 from edray.diagnose.scoring import score_answer
@@ -460,7 +460,7 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
     def error_id(c: ErrorCase) -> str:
         return f"r{config.round}:{c.answer['id']}"
 
-    answers, cases = asyncio.run(diagnose(student, teacher, rows, config))
+    answers, cases = run_sync(diagnose(student, teacher, rows, config))
     failed = [a for a in answers if a["failure"] is not None]
     if answers and len(failed) == len(answers):
         # Not a bad record but a broken setup (wrong endpoint, key, model name or token budget): committing

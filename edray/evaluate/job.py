@@ -22,7 +22,6 @@ A model call that fails is recorded in the row's ``failure`` column and scored w
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edray.aio import run_sync
 from edray.evaluate import core
 from edray.evaluate.config import EvaluateConfig, ModelSpec
 from edray.data.readers import EVAL_REQUIRED_COLUMNS as REQUIRED_COLUMNS
@@ -218,7 +218,7 @@ def answer_with_client(
     if hasattr(client, "chat_many"):
         results = client.chat_many(payloads, progress=False)
     else:  # an in-process engine client offers only the async form
-        results = asyncio.run(client.achat_many(payloads, progress=False))
+        results = run_sync(client.achat_many(payloads, progress=False))
     out: list[tuple[str | None, str | None]] = []
     for r in results:
         if isinstance(r, Failure):

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from edray.aio import run_sync
 from edray.config import ConfigError
 from edray.index import core
 from edray.index.config import AnnotateConfig, EmbedConfig, IndexConfig
@@ -215,7 +216,7 @@ class _WorldTeacher:
         self.engine = WorldTeacher(cfg.world_teacher)
 
     def __call__(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
-        return _run(self._all(pairs))
+        return run_sync(self._all(pairs))
 
     async def _all(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
         sem = asyncio.Semaphore(self.cfg.concurrency)
@@ -235,14 +236,6 @@ class _WorldTeacher:
                     last = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(self.cfg.backoff_s * 2**attempt * (0.5 + random.random()))
         return f"teacher request failed after {self.cfg.max_retries + 1} attempts: {last}"
-
-
-def _run(coro: Any) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    raise RuntimeError("the annotator must not run inside an event loop")
 
 
 class EmbedPredictor:
