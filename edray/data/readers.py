@@ -338,7 +338,7 @@ class _UnitReader:
             )
 
     def _read_lance(self, unit: dict[str, Any]) -> Iterator[pa.Table]:
-        import lance  # imported in the worker: LanceDB's fork support is experimental (PLATFORM.md)
+        import lance  # imported in the worker: LanceDB's fork support is experimental
 
         frag = lance.dataset(unit["path"]).get_fragment(unit["fragment"])
         batches = frag.to_batches(batch_size=self.cfg.batch_rows)

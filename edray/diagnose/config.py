@@ -1,4 +1,4 @@
-"""Configuration of the diagnose stage (METHOD.md §1 steps 1–3).
+"""Configuration of the diagnose stage (docs/method.md §1 steps 1–3).
 
 ``edray config show diagnose`` prints every field with its description. δ, λ and the strength of the
 gold prior are not published by the paper: they are fields here.
@@ -195,7 +195,7 @@ class SkillConfig(EdrayModel):
     )
     with_images: bool = Field(
         False,
-        description="Attach the sample's images to skill queries (METHOD.md §1 step 3 gives the teacher the "
+        description="Attach the sample's images to skill queries (docs/method.md §1 step 3 gives the teacher the "
         "question, gold answer and erroneous step only).",
     )
     max_words: int = Field(8, ge=1, le=64, description="Longest skill phrase kept (extra words dropped).")

@@ -1,4 +1,4 @@
-"""Pure pieces of the diagnose stage (METHOD.md §1 steps 1–3): prompts, parsing, skill clustering.
+"""Pure pieces of the diagnose stage (docs/method.md §1 steps 1–3): prompts, parsing, skill clustering.
 
 Nothing here touches Ray, disk or the network; the job (``edray.diagnose.job``) calls these functions
 around the model client.
@@ -126,7 +126,7 @@ def render_locate_prompt(
     prior_strength: float,
     prior_template: str = "option {letter} has a {percent}% chance of being right.",
 ) -> str:
-    """The answer-switch user turn for one prefix of the student's steps (METHOD.md §1 step 2).
+    """The answer-switch user turn for one prefix of the student's steps (docs/method.md §1 step 2).
 
     Template fields: ``{question}``, ``{options}`` (``A. …`` lines), ``{prior}`` (``prior_template`` with
     ``{letter}`` = the gold option and ``{percent}`` = the prior strength in percent), ``{steps}``
@@ -179,7 +179,7 @@ def render_skill_prompt(
     gold: str,
     step: str,
 ) -> tuple[str, str]:
-    """The few-shot skill-analysis prompt as ``(system, user)`` (METHOD.md §1 step 3).
+    """The few-shot skill-analysis prompt as ``(system, user)`` (docs/method.md §1 step 3).
 
     Each example (keys ``question``, ``gold``, ``step``, ``skill``) is rendered with ``example_template``;
     the examples fill ``{examples}`` of the system message; the query fills ``{question}`` (on one line),

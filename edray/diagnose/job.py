@@ -1,4 +1,4 @@
-"""The diagnose stage: the student's mistakes on the validation set, located and named (METHOD.md §1 steps 1–3).
+"""The diagnose stage: the student's mistakes on the validation set, located and named (docs/method.md §1 steps 1–3).
 
 Inputs:
     - the target task's validation set (Parquet, ``EVAL_SCHEMA``), ``config.validation``;

@@ -1,4 +1,4 @@
-"""Locating the first erroneous step of a wrong answer (METHOD.md §1 step 2, "answer switch").
+"""Locating the first erroneous step of a wrong answer (docs/method.md §1 step 2, "answer switch").
 
 Pure functions, no I/O. The job asks the teacher, after each prefix of the student's steps, for the
 answer letter and reads the log-probabilities of the option letters; :func:`option_probs` turns them into
@@ -71,7 +71,7 @@ def build_options(
 
     Multiple choice keeps the question's options. Anything else (yes/no, number, open) becomes two options
     — the gold answer and the student's answer — in an order fixed by ``key`` and ``seed``, so that the
-    gold is not always ``A`` (METHOD.md §1 step 2: "turn the question into two options").
+    gold is not always ``A`` (docs/method.md §1 step 2: "turn the question into two options").
 
     Args:
         gold: the gold answer (a letter or option text for multiple choice).

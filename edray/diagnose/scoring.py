@@ -1,4 +1,4 @@
-"""Scoring a student's final answer against the gold answer (METHOD.md §1 step 1: which answers are wrong).
+"""Scoring a student's final answer against the gold answer (docs/method.md §1 step 1: which answers are wrong).
 
 Scorers are pure functions ``(prediction, gold, choices) -> float in [0, 1]``; the answer counts as
 correct when the score reaches ``correct_threshold``. Which scorer applies to which ``answer_type`` is

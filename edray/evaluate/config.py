@@ -1,4 +1,4 @@
-"""Configuration of the evaluate stage: target gain and general retention (METHOD.md §2, §3).
+"""Configuration of the evaluate stage: target gain and general retention (docs/method.md §2, §3).
 
 ``edray config show evaluate`` prints every field with its description. The models to compare are a
 list: the base student first, then each tuned student (a LoRA adapter over the base, or a full model

@@ -1,4 +1,4 @@
-"""The evaluate stage: target gain and general retention of every model, side by side (METHOD.md §2, §3).
+"""The evaluate stage: target gain and general retention of every model, side by side (docs/method.md §2, §3).
 
 Inputs:
     - the target task's test split(s) and the general suite (Parquet, ``EVAL_SCHEMA``);

@@ -21,7 +21,7 @@ Metric = Literal["cosine", "l2", "dot"]
 
 
 class AnnotateConfig(EdrayModel):
-    """How the teacher writes the skill(s) each supporting sample exercises (METHOD.md section 1, step 4)."""
+    """How the teacher writes the skill(s) each supporting sample exercises (docs/method.md section 1, step 4)."""
 
     backend: AnnotateBackend = Field(
         "world",

@@ -69,7 +69,7 @@ CACHE_SCHEMA = INDEX_ANNOTATION_CACHE_SCHEMA
 def instruction_and_answer(messages: Sequence[dict[str, Any]] | None) -> tuple[str, str]:
     """Split a chat into the instruction (every user turn) and the answer (the last assistant turn).
 
-    Image placeholders are removed: the teacher is text-only (METHOD.md section 1, step 2) and the
+    Image placeholders are removed: the teacher is text-only (docs/method.md section 1, step 2) and the
     skill is written from the instruction and the answer (step 4).
 
     Args:
@@ -149,7 +149,7 @@ def parse_skills(text: str, max_skills: int) -> list[str]:
 
 
 def skill_text(skills: Sequence[str]) -> str:
-    """The searchable text of a sample's skills (what BM25 ranks, METHOD.md step 5)."""
+    """The searchable text of a sample's skills (what BM25 ranks, docs/method.md step 5)."""
     return "; ".join(skills)
 
 

@@ -76,7 +76,7 @@ def prepare_batch(batch: pa.Table, known_ref: Any, stage: str = core.STAGE_NAME)
 
 
 def annotation_messages(instruction: str, answer: str) -> list[dict[str, str]]:
-    """The annotation prompt (METHOD.md step 4): the teacher names the skills a sample exercises."""
+    """The annotation prompt (docs/method.md step 4): the teacher names the skills a sample exercises."""
     from edray.world.teacher_prompts import build_annotation_messages
 
     return build_annotation_messages(instruction, answer)

@@ -1,6 +1,6 @@
 """Query the index: BM25 over the skill text, dense over the vectors, or both fused by reciprocal rank.
 
-This is the retrieval API of the select stage (METHOD.md section 1, step 5, and section 3: dense +
+This is the retrieval API of the select stage (docs/method.md section 1, step 5, and section 3: dense +
 BM25 hybrid retrieval). Typical use::
 
     handle = open_index("runs/x/index")
@@ -152,7 +152,7 @@ def search(
 
     Args:
         table: a LanceDB table written by the index stage.
-        query_text: the query (a missing skill phrase, METHOD.md step 5).
+        query_text: the query (a missing skill phrase, docs/method.md step 5).
         mode: ``bm25`` (full-text over ``skill_text``), ``dense`` (vector search) or ``hybrid``
             (reciprocal-rank fusion of both).
         k: rows returned.

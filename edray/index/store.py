@@ -104,7 +104,7 @@ def refresh_indexes(table: Any, plan: VectorIndexPlan, fts: bool, cache_table: A
     """Create the missing indexes and fold new rows into the existing ones.
 
     - ``id``: a BTree, so ``merge_insert`` joins on an index instead of a scan.
-    - ``skill_text``: the BM25 index (METHOD.md step 5).
+    - ``skill_text``: the BM25 index (docs/method.md step 5).
     - ``vector``: the planned IVF index, created when the table first reaches the planned size; later
       runs add their rows with ``optimize()`` (new rows stay out of a vector index until then).
 

@@ -1,4 +1,4 @@
-"""Configuration of the select stage (METHOD.md §1 step 5 and §3).
+"""Configuration of the select stage (docs/method.md §1 step 5 and §3).
 
 ``edray config show select`` prints every field with its description.
 """
@@ -68,7 +68,7 @@ class SelectConfig(EdrayModel):
         "proportional", description="Split of the budget across gaps: by their error counts, or evenly."
     )
     replay_share: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of the budget drawn uniformly from the pool (METHOD.md §3 replay)."
+        0.0, ge=0.0, le=1.0, description="Share of the budget drawn uniformly from the pool (docs/method.md §3 replay)."
     )
     overfetch: float = Field(
         3.0, ge=1.0, le=100.0, description="Candidates retrieved per query, as a multiple of the query's quota."

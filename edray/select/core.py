@@ -1,4 +1,4 @@
-"""Pure pieces of the select stage (METHOD.md §1 step 5 and §3): budget, filling, fusion, contamination.
+"""Pure pieces of the select stage (docs/method.md §1 step 5 and §3): budget, filling, fusion, contamination.
 
 Nothing here touches Ray, disk or the network. The job retrieves ranked candidates per gap from the
 index and hands them here.
@@ -33,14 +33,14 @@ def resolve_budget(budget: int | None, fraction: float | None, pool_size: int) -
 
 
 def replay_count(budget: int, share: float) -> int:
-    """Samples of the budget drawn uniformly from the pool (METHOD.md §3, replay)."""
+    """Samples of the budget drawn uniformly from the pool (docs/method.md §3, replay)."""
     return max(0, min(budget, int(round(budget * share))))
 
 
 def allocate_budget(budget: int, weights: Mapping[str, float], mode: str = "proportional") -> dict[str, int]:
     """Split a budget across gaps, summing exactly to ``budget``.
 
-    ``proportional`` follows the weights (error counts, METHOD.md §3: "budget allocated across skills by
+    ``proportional`` follows the weights (error counts, docs/method.md §3: "budget allocated across skills by
     how often each caused an error") by the largest-remainder method; ``uniform`` splits evenly. Left-over
     units go to the largest remainders, ties to the larger weight, then to the earlier key.
 
@@ -238,7 +238,7 @@ def find_contaminated(
     min_instruction_similarity: float,
     rule: str = "both",
 ) -> dict[str, str]:
-    """Candidates that are near-duplicates of an evaluation sample (METHOD.md §3).
+    """Candidates that are near-duplicates of an evaluation sample (docs/method.md §3).
 
     An image matches when the Hamming distance of two average hashes is at most ``max_hash_distance``;
     instructions match when their word Jaccard similarity is at least ``min_instruction_similarity``.
@@ -311,7 +311,7 @@ def rank_by_instruction_similarity(
     pool_ids: Sequence[str], pool_vectors: np.ndarray, target_vectors: np.ndarray
 ) -> list[Candidate]:
     """Rank pool samples by cosine similarity of their instruction to the target task's mean instruction
-    (the INSTA-style baseline of METHOD.md §1). Ties by id."""
+    (the INSTA-style baseline of docs/method.md §1). Ties by id."""
     if len(pool_ids) == 0 or len(target_vectors) == 0:
         return []
     p = np.asarray(pool_vectors, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""The select stage: supporting samples that teach the missing skills, filled to a budget (METHOD.md §1
+"""The select stage: supporting samples that teach the missing skills, filled to a budget (docs/method.md §1
 step 5 and §3).
 
 Inputs:

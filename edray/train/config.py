@@ -58,7 +58,7 @@ class TrainConfig(EdrayModel):
         "lora",
         description=(
             "lora: peft adapters on the language model; full: projector + last N decoder layers; "
-            "spider: full plus SPIDER's importance-discrepancy mask after every step (METHOD.md §2)."
+            "spider: full plus SPIDER's importance-discrepancy mask after every step (docs/method.md §2)."
         ),
     )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")

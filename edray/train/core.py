@@ -25,7 +25,7 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 # LoRA adapts the language model's attention projections only: a plain suffix list would also wrap
-# the CLIP vision tower's q/k/v/out projections (PLATFORM.md, "Training labels").
+# the CLIP vision tower's q/k/v/out projections.
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q|k|v|o)_proj"
 
 
@@ -266,7 +266,7 @@ def select_full_trainable(
 ) -> list[str]:
     """Freeze everything, then unfreeze the projector and the last ``last_n_layers`` decoder layers.
 
-    This is the ``full`` update scope of METHOD.md §2 (the public SPIDER code's scope): vision tower
+    This is the ``full`` update scope of docs/method.md §2 (the public SPIDER code's scope): vision tower
     frozen, projector and the top of the language model trained.
 
     Args:

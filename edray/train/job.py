@@ -235,7 +235,7 @@ def _build_model(cfg: TrainConfig, student: str) -> tuple[Any, Any]:
     from edray.train.core import select_full_trainable
 
     processor = AutoProcessor.from_pretrained(student, trust_remote_code=cfg.trust_remote_code)
-    # fp32 master weights in every mode; bf16 only inside autocast (METHOD.md §2: SPIDER state in fp32)
+    # fp32 master weights in every mode; bf16 only inside autocast (docs/method.md §2: SPIDER state in fp32)
     model = AutoModelForImageTextToText.from_pretrained(
         student, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32
     )
@@ -334,7 +334,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
             optimizer.load_state_dict(torch.load(d / _CKPT_OPTIM, map_location=device, weights_only=True))
             scheduler.load_state_dict(torch.load(d / _CKPT_SCHED, weights_only=True))
             if spider is not None:
-                # θ0 and G come from the checkpoint, never from the resumed weights (METHOD.md §2)
+                # θ0 and G come from the checkpoint, never from the resumed weights (docs/method.md §2)
                 spider = SpiderState.from_state_dict(load_file(str(d / _CKPT_SPIDER)), device=device)
             history = pq.read_table(d / _CKPT_METRICS).to_pylist() if (d / _CKPT_METRICS).exists() else []
             step, epoch = state["step"], state["epoch"]
@@ -389,7 +389,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
             else:
                 grad_norm = global_grad_norm(params)
             if spider is not None:
-                # after accumulation and clipping, before the gradients are zeroed (METHOD.md §2)
+                # after accumulation and clipping, before the gradients are zeroed (docs/method.md §2)
                 spider.capture(named_trainable)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()

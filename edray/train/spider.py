@@ -1,4 +1,4 @@
-"""SPIDER: forgetting-aware fine-tuning by importance discrepancy (METHOD.md §2).
+"""SPIDER: forgetting-aware fine-tuning by importance discrepancy (docs/method.md §2).
 
 Per trainable tensor with pre-trained value θ0 and signed gradient sum G:
 
@@ -66,7 +66,7 @@ def spider_mask(theta0: torch.Tensor, grad_sum: torch.Tensor, name: str = "tenso
     Raises:
         SpiderError: ``grad_sum`` is all zero, i.e. no gradient reached this tensor. Applying the
             resulting all-zero mask would silently undo every update (the public code's failure
-            under sharded training, METHOD.md §2).
+            under sharded training, docs/method.md §2).
     """
     _check_gradient(grad_sum, name)
     i_pre = importance(theta0)

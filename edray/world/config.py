@@ -13,7 +13,7 @@ from edray.config import EdrayModel
 
 
 class SceneConfig(EdrayModel):
-    """How scenes are drawn. Defaults follow the tiny-model learnability notes: a 2x2 grid of 16 px
+    """How scenes are drawn. Defaults are what the tiny student can learn on CPU: a 2x2 grid of 16 px
     cells on a 32 px image, so each large object (14 px) covers whole 8 px patches."""
 
     image_size: int = Field(32, ge=16, le=512, description="Image width and height in pixels.")

@@ -127,7 +127,7 @@ def generate_support_rows(
 
     Row ``i`` draws its source task from the mix and its question from a random stream seeded by
     ``(seed, i)`` alone, so any slice can be generated independently. The ``skills`` column is NULL
-    (the teacher annotates it in the index stage, METHOD.md step 4); the true skills are in
+    (the teacher annotates it in the index stage, docs/method.md step 4); the true skills are in
     ``metadata.world.skills``.
 
     Args:
@@ -251,7 +251,7 @@ def true_error_step(question_row: Mapping[str, Any], steps: str | Sequence[str])
     """The first of a student's steps that contradicts the row's scene (1-based), or ``None``.
 
     A step that is not one of the world's step templates counts as erroneous: it cannot be true
-    of the scene. Used to score the diagnose stage's step location (METHOD.md section 1, step 2).
+    of the scene. Used to score the diagnose stage's step location (docs/method.md section 1, step 2).
 
     Args:
         question_row: an evaluation row (dict with ``metadata``).

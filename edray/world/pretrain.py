@@ -1,6 +1,6 @@
 """Generic pretraining of the world's student on Ray Train: a student with real, known gaps.
 
-The method starts from a *generic* student that is good at most things and weak at a few (METHOD.md
+The method starts from a *generic* student that is good at most things and weak at a few (docs/method.md
 §1: the student fails the target task because it lacks some skills). In the skills world that student
 is made on purpose: the tiny LLaVA of :mod:`edray.world.student` is trained from random weights on a
 "generic mix" of the world's supporting pool in which chosen skills are under-represented (by default

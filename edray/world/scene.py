@@ -48,7 +48,7 @@ def row_names(grid: int) -> tuple[str, ...]:
 
 
 def _axis_names(grid: int, low: str, mid: str, high: str) -> tuple[str, ...]:
-    # Absolute halves only: the tiny student cannot learn finer positions (PLATFORM: learnability).
+    # Absolute halves only: the tiny student cannot learn finer positions.
     half = grid // 2
     names = [low] * half + ([mid] if grid % 2 else []) + [high] * half
     return tuple(names)

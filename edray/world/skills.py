@@ -3,7 +3,7 @@
 Every reasoning step the world writes exercises exactly one skill and is one of a small closed set of
 step templates, so a step can be parsed back (:func:`parse_step`) and checked against the scene
 (:func:`check_step`). This is what lets the world measure step-location and skill accuracy of the
-diagnose stage (METHOD.md section 1, steps 2 and 3).
+diagnose stage (docs/method.md section 1, steps 2 and 3).
 
 Answers with steps read::
 

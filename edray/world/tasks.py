@@ -171,7 +171,7 @@ def _count_shape(rng: random.Random, cfg: SceneConfig) -> Question:
 
 
 def _position(rng: random.Random, cfg: SceneConfig, axis: str) -> Question:
-    # A single object: relations between objects are out of reach for the tiny student (PLATFORM).
+    # A single object: relations between objects are out of reach for the tiny student.
     scene = sample_scene(rng, cfg, n_objects=1)
     obj = scene.objects[0]
     subj = rng.choice([{}, {"shape": obj.shape}, {"color": obj.color, "shape": obj.shape}])

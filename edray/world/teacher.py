@@ -4,7 +4,7 @@ It answers the prompts of :mod:`edray.world.teacher_prompts` (and the same promp
 diagnose stage's templates) the way a strong teacher would, using the ground truth a real teacher
 lacks: the scene graph embedded in each PNG. That makes the whole pipeline measurable offline.
 
-- **Answer switch** (METHOD.md section 1, step 2): the option letters' probabilities start from the
+- **Answer switch** (docs/method.md section 1, step 2): the option letters' probabilities start from the
   hinted prior and move toward the hinted option while the student's steps hold in the scene; from
   the first step that contradicts the scene (:func:`~edray.world.skills.check_step`) they move to the
   option the wrong step supports (the other option when there are two).

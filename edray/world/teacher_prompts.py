@@ -5,7 +5,7 @@ answers as they are; the world teacher (:mod:`edray.world.teacher`) parses the s
 what the diagnose and index stages call; the ``parse_*_prompt`` functions are what a teacher-side
 implementation needs; ``parse_*_reply`` turn a teacher's reply back into values.
 
-1. **Answer switch** (METHOD.md section 1, step 2), one request per prefix of the student's steps,
+1. **Answer switch** (docs/method.md section 1, step 2), one request per prefix of the student's steps,
    with ``logprobs=True, top_logprobs=5, max_tokens=1`` and the image attached::
 
        <image>
@@ -94,7 +94,7 @@ def build_answer_switch_messages(
     Args:
         question: the question text (as asked; may contain its own option line).
         options: option texts, lettered A, B, ... in this order.
-        hint_letter: the option the prior favours (the gold answer in METHOD.md step 2).
+        hint_letter: the option the prior favours (the gold answer in docs/method.md step 2).
         hint_prob: the prior, in (0, 1), e.g. 0.6.
         steps: the student's step texts so far (without ``Step k:`` prefixes).
         with_image: start the user turn with the image placeholder.
@@ -129,7 +129,7 @@ def _pct(p: float) -> str:
 
 
 def build_skill_messages(question: str, correct_answer: str, erroneous_step: str) -> list[dict[str, str]]:
-    """Messages for one skill-analysis request (METHOD.md step 3)."""
+    """Messages for one skill-analysis request (docs/method.md step 3)."""
     user = "\n".join(
         [f"Question: {_one_line(question)}", f"Correct answer: {correct_answer.strip()}",
          f"Erroneous step: {erroneous_step.strip()}", SKILL_QUESTION]
@@ -143,7 +143,7 @@ def annotation_messages(instruction: str, answer: str) -> list[dict[str, str]]:
 
 
 def build_annotation_messages(instruction: str, answer: str) -> list[dict[str, str]]:
-    """Messages for annotating one supporting sample with its skills (METHOD.md step 4).
+    """Messages for annotating one supporting sample with its skills (docs/method.md step 4).
 
     Args:
         instruction: the sample's user turn (image placeholders are removed).

@@ -1,4 +1,4 @@
-"""SPIDER mask (METHOD.md §2) against hand-computed values, guards, and state round trip."""
+"""SPIDER mask (docs/method.md §2) against hand-computed values, guards, and state round trip."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_state_dict_round_trip_and_footprint() -> None:
 
 
 def _reference_importance(x: torch.Tensor) -> torch.Tensor:
-    """R(x) written out from METHOD.md §2, one tensor at a time, with the documented guards."""
+    """R(x) written out from docs/method.md §2, one tensor at a time, with the documented guards."""
     a = x.float().abs()
     if not bool(a.any()):
         return torch.zeros_like(a)  # zero tensor -> zeros
@@ -141,7 +141,7 @@ def _reference_importance(x: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_step(theta0: torch.Tensor, grad_sum: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """θ after SPIDER's mask, and the count of M > 0, from METHOD.md §2's formulas."""
+    """θ after SPIDER's mask, and the count of M > 0, from docs/method.md §2's formulas."""
     i_pre, i_ft = _reference_importance(theta0), _reference_importance(grad_sum)
     m = torch.zeros_like(i_ft)
     released = i_ft > i_pre
