@@ -31,7 +31,7 @@ def arm_table(run_dir: Path) -> pd.DataFrame:
 
     cfg = json.loads((run_dir / "run_config.json").read_text())
     scores = pd.read_parquet(run_dir / "round_0" / "evaluate" / "scores.parquet")
-    summary = {s.name: s for s in summarize(scores.to_dict("records"), base="base")}
+    summary = {s.model: s for s in summarize(scores.to_dict("records"), base="base")}
     select, train, diagnose = cfg.get("select", {}), cfg.get("train", {}), cfg.get("diagnose", {})
     locator = diagnose.get("locate", {}).get("method", "answer_switch")
     general = scores[(scores.suite == "general") & (scores.task == "*")]
@@ -53,7 +53,7 @@ def arm_table(run_dir: Path) -> pd.DataFrame:
                 "mode": arm.get("mode") or sel.get("mode", "hybrid"),
                 "query": sel.get("query", "skill"),
                 "locator": locator,
-                "update": arm.get("train_mode") or tr.get("mode", "lora"),
+                "update_mode": arm.get("train_mode") or tr.get("mode", "lora"),
                 "target": s.target_accuracy,
                 "general": s.general_accuracy,
                 "retention": s.retention,
@@ -81,14 +81,15 @@ def grouped(df: pd.DataFrame, by: list[str], cols: list[str]) -> pd.DataFrame:
 
 
 def md_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
+    names = {"update_mode": "update"}
+    cols = [names.get(c, f"general: {c.removeprefix('skill:')}" if c.startswith("skill:") else c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join("–" if (isinstance(v, float) and math.isnan(v)) or v is None else str(v) for v in r) + " |")
     return "\n".join(lines)
 
 
-def plot_budgets(df: pd.DataFrame, base: pd.Series, out: Path) -> None:
+def plot_budgets(df: pd.DataFrame, base: pd.Series, out: Path, main_update: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,7 +97,7 @@ def plot_budgets(df: pd.DataFrame, base: pd.Series, out: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for strategy, marker in (("error_driven", "o"), ("random", "s"), ("insta", "^")):
-        d = df[(df.strategy == strategy) & (df["mode"] == "hybrid") & (df["query"] == "skill") & (df.update == "lora")]
+        d = df[(df.strategy == strategy) & (df["mode"] == "hybrid") & (df["query"] == "skill") & (df.update_mode == main_update)]
         if d.empty:
             continue
         g = d.groupby("budget")
@@ -113,7 +114,7 @@ def plot_budgets(df: pd.DataFrame, base: pd.Series, out: Path) -> None:
         ax.set_ylabel({"target": "target accuracy", "retention": "general retention"}[col])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Data choice at three budgets (mean ± sd over seeds)")
+    fig.suptitle(f"Data choice at three budgets ({main_update} fine-tuning, mean ± sd over seeds)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -127,7 +128,7 @@ def plot_updates(df: pd.DataFrame, base: pd.Series, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for update, marker in (("lora", "o"), ("full", "s"), ("spider", "D")):
-        d = df[df.update == update]
+        d = df[df.update_mode == update]
         if d.empty:
             continue
         ax.scatter(d["target"] - base["target"], d["retention"], marker=marker, label=update, alpha=0.8)
@@ -145,6 +146,8 @@ def build(runs: list[Path], plots: Path, docs_rel: str) -> str:
     df = pd.concat([arm_table(r) for r in runs], ignore_index=True)
     base = df[df.strategy == "base"].iloc[0]
     tuned = df[df.strategy != "base"].copy()
+    # the update most arms use (the run's train section); the others are the weight-update comparison
+    main_update = str(tuned[tuned.strategy != "error_driven"].update_mode.mode().iloc[0])
     plots.mkdir(parents=True, exist_ok=True)
     cols = ["target", "retention", "combined"]
     parts = [f"Runs: {', '.join(f'`{r}`' for r in runs)}. Mean ± sample standard deviation over seeds.", ""]
@@ -168,16 +171,16 @@ def build(runs: list[Path], plots: Path, docs_rel: str) -> str:
         "",
     ]
 
-    main = tuned[(tuned["mode"] == "hybrid") & (tuned["query"] == "skill") & (tuned.update == "lora") & (tuned.locator == "answer_switch")]
+    main = tuned[(tuned["mode"] == "hybrid") & (tuned["query"] == "skill") & (tuned.update_mode == main_update) & (tuned.locator == "answer_switch")]
     budgets = main[main.strategy.isin(["error_driven", "random", "insta", "full"])]
     if not budgets.empty:
         table = grouped(budgets, ["budget", "strategy"], cols + ["skill:attribute_binding"])
         table["budget"] = table["budget"].map(lambda b: "whole pool" if b is None or (isinstance(b, float) and math.isnan(b)) else int(b))
-        plot_budgets(tuned, base, plots / "budgets.png")
+        plot_budgets(tuned, base, plots / "budgets.png", main_update)
         parts += [
-            "### Data choice at three budgets",
+            f"### Data choice at three budgets ({main_update} fine-tuning)",
             "",
-            md_table(table.rename(columns={"skill:attribute_binding": "general: attribute_binding"})),
+            md_table(table),
             "",
             f"![target accuracy and retention by budget]({docs_rel}/budgets.png)",
             "",
@@ -186,23 +189,23 @@ def build(runs: list[Path], plots: Path, docs_rel: str) -> str:
     mid = int(main[main.strategy == "error_driven"]["budget"].median()) if not main[main.strategy == "error_driven"].empty else None
     if mid is not None:
         ed = tuned[(tuned.strategy == "error_driven") & (tuned.budget == mid)]
-        abl = ed[(ed["mode"] == "hybrid") & (ed.update == "lora")].copy()
+        abl = ed[(ed["mode"] == "hybrid") & (ed.update_mode == main_update)].copy()
         abl["variant"] = abl.apply(
             lambda r: "random step" if r.locator == "random" else ("raw erroneous step as query" if r["query"] == "step" else "answer switch + skill (the method)"),
             axis=1,
         )
         if abl.variant.nunique() > 1:
             parts += [f"### Ablations (error-driven, budget {mid})", "", md_table(grouped(abl, ["variant"], cols + ["skill:attribute_binding"])), ""]
-        ret = ed[(ed["query"] == "skill") & (ed.update == "lora") & (ed.locator == "answer_switch")]
+        ret = ed[(ed["query"] == "skill") & (ed.update_mode == main_update) & (ed.locator == "answer_switch")]
         if ret["mode"].nunique() > 1:
             parts += [f"### Retrieval (error-driven, budget {mid})", "", md_table(grouped(ret, ["mode"], cols)), ""]
         upd = ed[(ed["query"] == "skill") & (ed["mode"] == "hybrid") & (ed.locator == "answer_switch")]
-        if upd.update.nunique() > 1:
+        if upd.update_mode.nunique() > 1:
             plot_updates(upd, base, plots / "updates.png")
             parts += [
                 f"### Weight update (error-driven, budget {mid})",
                 "",
-                md_table(grouped(upd, ["update"], cols + ["general"])),
+                md_table(grouped(upd, ["update_mode"], cols + ["general"])),
                 "",
                 f"![gain vs retention per update]({docs_rel}/updates.png)",
                 "",
