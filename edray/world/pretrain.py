@@ -232,7 +232,7 @@ def vision_warmup(model: Any, pixels: list[Any], targets: Any, cfg: PretrainConf
     if cfg.vision_steps:
         acc = [float((lg.argmax(-1) == labels[:, k]).float().mean()) for k, lg in enumerate(logits)]
     names = ("color", "shape", "size", "row", "column")
-    return {"vision_loss": float(loss), **{f"vision_{n}_acc": a for n, a in zip(names, acc)}}
+    return {"vision_loss": float(loss.detach()), **{f"vision_{n}_acc": a for n, a in zip(names, acc)}}
 
 
 def train_func(loop_config: dict[str, Any]) -> None:
