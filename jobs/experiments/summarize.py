@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
+import os
 from pathlib import Path
 from typing import Any
 
@@ -224,8 +224,9 @@ def main() -> None:
     for r in args.runs:
         if not (r / "run_config.json").is_file() or not (r / "round_0" / "evaluate" / "_SUCCESS").is_file():
             parser.error(f"{r}: not a finished run (needs run_config.json and round_0/evaluate/_SUCCESS)")
-    rel = Path(re.sub(r"^\./", "", str(args.plots.resolve().relative_to(args.doc.resolve().parent))))
-    body = build(args.runs, args.plots, str(rel))
+    # links in the markdown are relative to the markdown file, wherever the plots folder is
+    rel = os.path.relpath(args.plots.resolve(), args.doc.resolve().parent)
+    body = build(args.runs, args.plots, rel)
     text = args.doc.read_text() if args.doc.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
