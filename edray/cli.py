@@ -13,10 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
 from rich.table import Table
 
 from edray.config import ConfigError, describe_config, load_config
+from edray.console import console, log_session
+from edray.console import out as out_console
 
 app = typer.Typer(
     name="edray",
@@ -37,8 +38,7 @@ app.add_typer(config_app, name="config")
 world_app = typer.Typer(help="The skills world: offline benchmark data with ground truth, and its teacher.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 
-console = Console()
-err_console = Console(stderr=True)
+err_console = console
 
 # Options shared by every stage command.
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.", exists=False)]
@@ -48,6 +48,15 @@ SetOpt = Annotated[
 ]
 RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Run directory (default: runs/<timestamp>).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Re-run even if the stage already completed with the same config and inputs.")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Show Ray's, Ray Data's, Ray Train's, Serve's and vLLM's own output on the console; by default it goes to "
+        "the run's logs/ folder and the console shows edray's progress, warnings and errors only.",
+    ),
+]
 
 # Registry used by `edray config show`: stage name -> (config class import path).
 STAGE_CONFIGS: dict[str, str] = {}
@@ -85,7 +94,7 @@ def config_show(
     """Print a stage's resolved config (defaults, file, overrides) with every field's description."""
     if list_ or not stage:
         for name in sorted(STAGE_CONFIGS):
-            console.print(name)
+            out_console.print(name)
         return
     if stage not in STAGE_CONFIGS:
         err_console.print(f"unknown stage {stage!r}; stages with a config: {', '.join(sorted(STAGE_CONFIGS))}")
@@ -97,7 +106,7 @@ def config_show(
     table.add_column("description")
     for key, value, desc in describe_config(cfg):
         table.add_row(key, value, desc)
-    console.print(table)
+    out_console.print(table)
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -146,30 +155,30 @@ def data_inspect(
 def _print_inspect(summary: "InspectSummary") -> None:  # noqa: F821
     import json
 
-    console.print(f"[bold]{summary.path}[/bold]: format [cyan]{summary.format}[/cyan], kind {summary.kind}")
-    console.print(f"valid: [green]{summary.valid}[/green]   quarantined: [{'red' if summary.quarantined else 'green'}]{summary.quarantined}[/]")
-    console.print("\n[bold]schema[/bold]", highlight=False)
-    console.print(summary.schema, highlight=False, markup=False)
+    out_console.print(f"[bold]{summary.path}[/bold]: format [cyan]{summary.format}[/cyan], kind {summary.kind}")
+    out_console.print(f"valid: [green]{summary.valid}[/green]   quarantined: [{'red' if summary.quarantined else 'green'}]{summary.quarantined}[/]")
+    out_console.print("\n[bold]schema[/bold]", highlight=False)
+    out_console.print(summary.schema, highlight=False, markup=False)
     for row in summary.sample:
-        console.print("\n[bold]sample row[/bold]")
-        console.print(json.dumps(row, indent=1, ensure_ascii=False, default=str)[:4000], highlight=False, markup=False)
+        out_console.print("\n[bold]sample row[/bold]")
+        out_console.print(json.dumps(row, indent=1, ensure_ascii=False, default=str)[:4000], highlight=False, markup=False)
     if summary.quarantined:
         table = Table(title="quarantined by reason")
         table.add_column("reason")
         table.add_column("records", justify="right")
         for reason, n in summary.by_reason.items():
             table.add_row(reason, str(n))
-        console.print(table)
+        out_console.print(table)
         ex = Table(title="examples")
         for col in ("source", "position", "field", "reason"):
             ex.add_column(col, overflow="fold")
         for row in summary.quarantine_examples:
             ex.add_row(*(str(row[c]) for c in ("source", "position", "field", "reason")))
-        console.print(ex)
+        out_console.print(ex)
         if summary.quarantine_out:
-            console.print(f"quarantine written to {summary.quarantine_out}")
+            out_console.print(f"quarantine written to {summary.quarantine_out}")
         else:
-            console.print("write all quarantined records with --quarantine-out FILE")
+            out_console.print("write all quarantined records with --quarantine-out FILE")
 
 
 register_config("world", "edray.world.config:WorldConfig")
@@ -188,8 +197,11 @@ def world_generate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Generate a skills world: supporting pool (Ray Data), target-task splits and the general suite."""
+    """Generate a skills world: supporting pool (Ray Data), target-task splits and the general suite.
+
+    Ray's own output goes to logs/ beside the world folder (--verbose shows it)."""
     from edray.world import job
 
     overrides = list(set_ or [])
@@ -201,8 +213,9 @@ def world_generate(
     if lance:
         overrides.append("pool.formats=[parquet, lance]")
     cfg = load_stage_config("world", config, overrides)
-    path = job.run(cfg, out, force=force)
-    console.print(f"world written to {path}")
+    with log_session(out.parent / "logs", f"world-{out.name}", verbose):
+        path = job.run(cfg, out, force=force)
+    out_console.print(f"world written to {path}")
 
 
 register_config("world_pretrain", "edray.world.pretrain:PretrainConfig")
@@ -215,9 +228,11 @@ def world_pretrain(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Pretrain the world's student from random weights on a generic mix with designed skill gaps
-    (Ray Train). Cached: the same config returns the existing folder at once."""
+    (Ray Train). Cached: the same config returns the existing folder at once. Ray's own output goes to
+    logs/ beside the student folder (--verbose shows it)."""
     import json as _json
 
     from edray.world import pretrain
@@ -227,8 +242,9 @@ def world_pretrain(
         base = _flatten(pretrain.PretrainConfig.ci().model_dump(mode="json"))
         overrides = [f"{k}={_json.dumps(v)}" for k, v in base.items()] + overrides
     cfg = load_stage_config("world_pretrain", config, overrides)
-    path = pretrain.pretrain_student(cfg, out, force=force)
-    console.print(f"student written to {path}")
+    with log_session(out.parent / "logs", f"pretrain-{out.name}", verbose):
+        path = pretrain.pretrain_student(cfg, out, force=force)
+    out_console.print(f"student written to {path}")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -252,6 +268,7 @@ def index(
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Annotate the supporting pool's skills with the teacher, embed it and store it in LanceDB
     (vector + BM25 indexes). Incremental: re-running on a grown pool indexes only the new rows."""
@@ -259,8 +276,10 @@ def index(
     from edray.rundir import new_run_dir
 
     cfg = load_stage_config("index", config, set_)
-    path = job.run(cfg, run_dir or new_run_dir(), force=force)
-    console.print(f"index written to {path}")
+    run_dir = run_dir or new_run_dir()
+    with log_session(run_dir / "logs", "index", verbose):
+        path = job.run(cfg, run_dir, force=force)
+    out_console.print(f"index written to {path}")
 
 
 # --- diagnose / select ---------------------------------------------------------------------------
@@ -274,6 +293,7 @@ def diagnose(
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Find the student's mistakes on the validation set: answer in steps, locate the first wrong step
     (answer switch), name the missing skill, cluster skills into capability gaps."""
@@ -281,8 +301,10 @@ def diagnose(
     from edray.rundir import new_run_dir
 
     cfg = load_stage_config("diagnose", config, set_)
-    path = job.run(cfg, run_dir or new_run_dir(), force=force)
-    console.print(f"diagnose written to {path}")
+    run_dir = run_dir or new_run_dir()
+    with log_session(run_dir / "logs", "diagnose", verbose):
+        path = job.run(cfg, run_dir, force=force)
+    out_console.print(f"diagnose written to {path}")
 
 
 @app.command("select")
@@ -291,6 +313,7 @@ def select(
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Select supporting samples for the missing skills (BM25, dense or hybrid), filled to a budget with
     provenance; or a baseline at the same budget (random, insta, full, validation)."""
@@ -298,8 +321,10 @@ def select(
     from edray.select import job
 
     cfg = load_stage_config("select", config, set_)
-    path = job.run(cfg, run_dir or new_run_dir(), force=force)
-    console.print(f"selection written to {path}")
+    run_dir = run_dir or new_run_dir()
+    with log_session(run_dir / "logs", "select", verbose):
+        path = job.run(cfg, run_dir, force=force)
+    out_console.print(f"selection written to {path}")
 
 
 # --- train ---------------------------------------------------------------------------------------
@@ -316,6 +341,7 @@ def train(
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Fine-tune the student on the selected supporting samples with Ray Train: LoRA, full (projector +
     last N layers) or SPIDER; resumable checkpoints; exports an adapter or model folder."""
@@ -323,12 +349,14 @@ def train(
     from edray.train import job
 
     cfg = load_stage_config("train", config, set_)
+    run_dir = run_dir or new_run_dir()
     try:
-        path = job.run(cfg, run_dir or new_run_dir(), student, selection, pool, round_index=round_index, force=force)
+        with log_session(run_dir / "logs", "train", verbose):
+            path = job.run(cfg, run_dir, student, selection, pool, round_index=round_index, force=force)
     except ValueError as exc:
         err_console.print(f"[red]train input error[/red]: {exc}", highlight=False)
         raise typer.Exit(2) from None
-    console.print(f"trained model written to {path}")
+    out_console.print(f"trained model written to {path}")
 
 
 # --- evaluate / report ---------------------------------------------------------------------------
@@ -341,6 +369,7 @@ def evaluate(
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Measure target accuracy and general retention of the base student, each tuned student and each
     baseline arm, per task and per skill, with the combined score (harmonic mean)."""
@@ -348,8 +377,10 @@ def evaluate(
     from edray.rundir import new_run_dir
 
     cfg = load_stage_config("evaluate", config, set_)
-    path = job.run(cfg, run_dir or new_run_dir(), force=force)
-    console.print(f"evaluation written to {path}")
+    run_dir = run_dir or new_run_dir()
+    with log_session(run_dir / "logs", "evaluate", verbose):
+        path = job.run(cfg, run_dir, force=force)
+    out_console.print(f"evaluation written to {path}")
 
 
 @app.command("report")
@@ -366,7 +397,7 @@ def report(
     except FileNotFoundError as exc:
         err_console.print(f"[red]error[/red]: {exc}", highlight=False)
         raise typer.Exit(2) from None
-    console.print(f"report written to {path}")
+    out_console.print(f"report written to {path}")
 
 
 # --- serve ---------------------------------------------------------------------------------------
@@ -377,13 +408,16 @@ register_config("serve", "edray.serve.config:ServeConfig")
 def serve(
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    log_dir: Annotated[Path, typer.Option("--log-dir", help="Folder for Ray's, Serve's and vLLM's own output.")] = Path("runs/serve/logs"),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve the student, its LoRA adapters (by name) and the teacher behind one OpenAI-compatible
     Ray Serve application until Ctrl-C. Clients send the key in the variable `api_key_env` names."""
     from edray.serve import job
 
     cfg = load_stage_config("serve", config, set_)
-    job.run(cfg)
+    with log_session(log_dir, "serve", verbose):
+        job.run(cfg)
 
 
 register_config("run", "edray.pipeline.config:RunConfig")
@@ -397,6 +431,7 @@ def run_pipeline(
     set_: SetOpt = None,
     run_dir: RunDirOpt = None,
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """The whole method: world → student → index → rounds of diagnose → select → train → evaluate → report.
 
@@ -407,8 +442,10 @@ def run_pipeline(
     from edray.rundir import new_run_dir
 
     cfg = load_stage_config("run", config, set_)
-    out = job.run(cfg, run_dir or new_run_dir(), force=force)
-    console.print(f"run finished: {out}  (report: {out / 'report' / 'report.html'})")
+    run_dir = run_dir or new_run_dir()
+    with log_session(run_dir / "logs", "run", verbose):
+        out = job.run(cfg, run_dir, force=force)
+    out_console.print(f"run finished: {out}  (report: {out / 'report' / 'report.html'})")
 
 
 @app.command("quickstart")
@@ -416,6 +453,7 @@ def quickstart(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory.")] = Path("runs/quickstart"),
     set_: SetOpt = None,
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """`edray run` on the skills world with the shipped quickstart config (about 10 minutes on 2 CPU cores):
     a generic student with known gaps, its mistakes diagnosed, targeted data selected, a tuned student,
@@ -423,17 +461,26 @@ def quickstart(
     from edray.pipeline import job
 
     cfg = load_stage_config("run", QUICKSTART_CONFIG, set_)
-    out = job.run(cfg, run_dir, force=force)
-    console.print(f"quickstart finished: {out}  (report: {out / 'report' / 'report.html'})")
+    with log_session(run_dir / "logs", "quickstart", verbose):
+        out = job.run(cfg, run_dir, force=force)
+    out_console.print(f"quickstart finished: {out}  (report: {out / 'report' / 'report.html'})")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: known failures print one message (no traceback) and exit non-zero."""
+    from edray.resources import ResourceError, StallError
+
     try:
         app()
     except ConfigError as exc:
         err_console.print(f"config error: {exc}", highlight=False, markup=False)
         sys.exit(2)
+    except ResourceError as exc:
+        err_console.print(f"resource error: {exc}", highlight=False, markup=False)
+        sys.exit(2)
+    except StallError as exc:
+        err_console.print(f"stalled: {exc}", highlight=False, markup=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ Typical use in a ``job.py``::
     with stage.commit(config, fp) as tmp:
         write_parquet(tmp / SELECTION, table)
         stage.counts["selected"] = table.num_rows
+
+Every stage goes through :func:`run_stage`, which owns that sequence (fingerprint, skip, resource
+check, clean, compute, commit) and the manifest's ``wall_s``; :meth:`Stage.done` answers "is this stage
+done" for the pipeline from the same fingerprint the stage itself uses.
 """
 
 from __future__ import annotations
@@ -28,15 +32,22 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from edray.config import dump_config
+
+if TYPE_CHECKING:
+    from edray.resources import ClusterShape, ResourcePlan
+
+log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
@@ -176,6 +187,7 @@ class StageDir:
         config: BaseModel | dict[str, Any] | None,
         fp: str,
         inputs: Sequence[str | os.PathLike[str]] = (),
+        started_at: float | None = None,
     ) -> Iterator[Path]:
         """Yield a temporary folder; on clean exit, move it into place and write manifest + ``_SUCCESS``.
 
@@ -185,17 +197,21 @@ class StageDir:
         the previous output, or a folder without ``_SUCCESS`` (never read, replaced by the next
         commit), plus hidden temporary folders that the next commit of this stage removes. One writer
         per stage folder at a time.
+
+        ``started_at`` is when the stage's own work began (:func:`run_stage` passes it); the manifest's
+        ``wall_s`` runs from it to the commit. Default: now.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clean_stale()
         tmp = self.path.parent / f"{_TMP_PREFIX}{self.stage}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-        started = time.time()
+        started = time.time() if started_at is None else started_at
         try:
             yield tmp
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finished = time.time()
         manifest = {
             "stage": self.stage,
             "round": self.round_index,
@@ -207,8 +223,8 @@ class StageDir:
             "versions": _versions(),
             "host": socket.gethostname(),
             "started_at": started,
-            "finished_at": time.time(),
-            "wall_s": round(time.time() - started, 3),
+            "finished_at": finished,
+            "wall_s": round(finished - started, 3),
         }
         try:
             # The manifest travels inside the folder, so after the rename only _SUCCESS is missing.
@@ -244,6 +260,70 @@ class StageDir:
                 shutil.rmtree(child, ignore_errors=True)
                 n += 1
         return n
+
+
+@dataclass
+class Stage:
+    """One stage's identity: its folder and what its output depends on (resolved config, inputs, extras).
+
+    The fingerprint of these decides whether a committed output is current: the stage's job skips on it
+    and the pipeline asks :meth:`done` instead of re-deriving it.
+    """
+
+    dir: StageDir
+    config: BaseModel | dict[str, Any] | None
+    inputs: Sequence[str | os.PathLike[str]] = ()
+    extra: dict[str, Any] | None = None
+    shape: "ClusterShape | None" = None  # the Ray cluster, once run_stage has connected (Ray stages only)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.config, inputs=self.inputs, extra=self.extra)
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
+
+    def done(self) -> bool:
+        """True when a committed output with this fingerprint exists."""
+        return self.dir.is_done(self.fingerprint)
+
+
+def run_stage(
+    stage: Stage,
+    compute: Callable[[Path], None],
+    force: bool = False,
+    plan: "Callable[[ClusterShape], ResourcePlan | None] | None" = None,
+    uses_ray: bool = False,
+) -> Path:
+    """Run one stage under the stage contract: skip when current, check resources, compute, commit.
+
+    Args:
+        stage: the stage's identity.
+        compute: writes the stage's files into the temporary folder it is given and may fill
+            ``stage.dir.counts`` / ``stage.dir.metrics``; it runs after the resource check.
+        force: run even when a committed output is current.
+        plan: the stage's Ray resource plan for the connected cluster's shape; implies ``uses_ray``.
+        uses_ray: connect to Ray before computing (``stage.shape`` is then set).
+
+    Returns:
+        The stage folder.
+
+    Raises:
+        edray.resources.ResourceError: the plan cannot run on this cluster (raised before any work).
+    """
+    started = time.time()
+    if stage.done() and not force:
+        log.info("%s: %s is up to date (fingerprint %s); skipping", stage.dir.stage, stage.path, stage.fingerprint)
+        return stage.path
+    if plan is not None or uses_ray:
+        from edray.resources import prepare_ray
+
+        stage.shape = prepare_ray(plan)
+    stage.dir.clean_stale()
+    with stage.dir.commit(stage.config, stage.fingerprint, stage.inputs, started_at=started) as tmp:
+        compute(tmp)
+    return stage.path
 
 
 def _write_atomic(path: Path, text: str) -> None:

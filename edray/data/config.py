@@ -58,6 +58,13 @@ class ReadConfig(EdrayModel):
         description="split for evaluation records that carry none (a Hugging Face DatasetDict uses its split names).",
     )
     batch_rows: int = Field(256, ge=1, le=65536, description="Rows per normalized batch produced by a read task.")
+    num_cpus: float = Field(
+        0.25,
+        gt=0,
+        le=64,
+        description="CPUs Ray reserves per read task. Reading is light next to annotation and embedding, and a "
+        "whole CPU per task would starve the actor pools of a small machine.",
+    )
     chunk_bytes: int = Field(
         128 << 20,
         ge=1 << 10,

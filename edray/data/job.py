@@ -10,7 +10,6 @@ Run: ``edray data inspect PATH [--kind support|eval] [--format auto|...] [--quar
 from __future__ import annotations
 
 import io
-import logging
 import os
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 from edray.data.config import ReadConfig
 from edray.data.core import reason_category, target_schema
 from edray.data.readers import detect_format, read_and_split
+from edray.resources import ensure_ray
 
 
 @dataclass
@@ -78,19 +78,6 @@ def _printable_row(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["images"] = [describe_image(b) for b in row.get("images") or []]
     return out
-
-
-def ensure_ray() -> None:
-    """Connect to Ray as ``ray.init()`` does (``RAY_ADDRESS``, else a cluster started with ``ray start`` on
-    this machine, else a new local instance), quietly; nothing when already connected."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    import ray.data  # configures Ray Data's loggers; quiet them afterwards
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def inspect(

@@ -537,7 +537,7 @@ def read_samples(
         return ray.data.from_arrow(schema.empty_table())
     items = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
     return items.map_batches(
-        _read_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"kind": kind, "cfg": cfg}
+        _read_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"kind": kind, "cfg": cfg}, num_cpus=cfg.num_cpus
     )
 
 

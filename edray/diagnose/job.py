@@ -39,7 +39,7 @@ from edray.diagnose.config import DiagnoseConfig
 from edray.diagnose.scoring import score_answer
 from edray.data.readers import EVAL_REQUIRED_COLUMNS as REQUIRED_COLUMNS
 from edray.data.readers import read_parquet_rows
-from edray.rundir import StageDir, fingerprint
+from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import ANSWERS, ANSWERS_SCHEMA, ERRORS, ERRORS_SCHEMA, GAPS, GAPS_SCHEMA
 from edray.serve.config import ClientConfig
 
@@ -427,6 +427,11 @@ async def diagnose(
     return answers, cases
 
 
+def stage(config: DiagnoseConfig, run_dir: str | Path) -> Stage:
+    """The diagnose stage's identity: ``round_<k>/diagnose``, keyed by the config and the validation set."""
+    return Stage(StageDir(Path(run_dir), STAGE, config.round), config, inputs=[config.validation])
+
+
 def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, student: Any = None, teacher: Any = None) -> Path:
     """Run the diagnose stage (skipped when a completed output has the same config and inputs).
 
@@ -446,28 +451,25 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
     from edray.serve.client import ModelClient
 
     run_dir = Path(run_dir)
-    stage = StageDir(run_dir, STAGE, config.round)
-    fp = fingerprint(config, inputs=[config.validation])
-    if stage.is_done(fp) and not force:
-        log.info("diagnose: %s is up to date (fingerprint %s); skipping", stage.path, fp)
-        return stage.path
-    stage.clean_stale()
-    rows = read_validation(config.validation, config.task, config.limit)
-    started = time.time()
-    student = student or ModelClient(_client_config(config.student.client, run_dir, config.cache))
-    teacher = teacher or ModelClient(_client_config(config.teacher, run_dir, config.cache))
+    st = stage(config, run_dir)
 
-    def error_id(c: ErrorCase) -> str:
-        return f"r{config.round}:{c.answer['id']}"
+    def compute(tmp: Path) -> None:
+        nonlocal student, teacher
+        rows = read_validation(config.validation, config.task, config.limit)
+        started = time.time()
+        student = student or ModelClient(_client_config(config.student.client, run_dir, config.cache))
+        teacher = teacher or ModelClient(_client_config(config.teacher, run_dir, config.cache))
 
-    answers, cases = run_sync(diagnose(student, teacher, rows, config))
-    failed = [a for a in answers if a["failure"] is not None]
-    if answers and len(failed) == len(answers):
-        # Not a bad record but a broken setup (wrong endpoint, key, model name or token budget): committing
-        # a diagnosis without a single answer would hand select an empty error set.
-        raise RuntimeError(f"diagnose: every student call failed; first failure: {failed[0]['failure']}")
-    gaps = find_gaps(cases, config, error_id)
-    with stage.commit(config, fp, inputs=[config.validation]) as tmp:
+        def error_id(c: ErrorCase) -> str:
+            return f"r{config.round}:{c.answer['id']}"
+
+        answers, cases = run_sync(diagnose(student, teacher, rows, config))
+        failed = [a for a in answers if a["failure"] is not None]
+        if answers and len(failed) == len(answers):
+            # Not a bad record but a broken setup (wrong endpoint, key, model name or token budget): committing
+            # a diagnosis without a single answer would hand select an empty error set.
+            raise RuntimeError(f"diagnose: every student call failed; first failure: {failed[0]['failure']}")
+        gaps = find_gaps(cases, config, error_id)
         pq.write_table(pa.Table.from_pylist(answers, schema=ANSWERS_SCHEMA), tmp / ANSWERS)
         pq.write_table(error_rows(cases, config.round, error_id), tmp / ERRORS)
         pq.write_table(gap_rows(gaps, cases, config.gaps.max_examples, error_id), tmp / GAPS)
@@ -475,7 +477,7 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
         for c in cases:
             m = c.located.method if c.located else "failed"
             methods[m] = methods.get(m, 0) + 1
-        stage.counts.update(
+        st.dir.counts.update(
             {
                 "answers": len(answers),
                 "correct": sum(a["correct"] for a in answers),
@@ -486,7 +488,7 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
                 "gaps": len(gaps),
             }
         )
-        stage.metrics.update(
+        st.dir.metrics.update(
             {
                 "accuracy": (sum(a["correct"] for a in answers) / len(answers)) if answers else 0.0,
                 "methods": methods,
@@ -495,7 +497,8 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
                 "teacher_calls": _stats(teacher),
             }
         )
-    return stage.path
+
+    return run_stage(st, compute, force=force)
 
 
 

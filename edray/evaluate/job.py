@@ -39,7 +39,7 @@ from edray.evaluate import core
 from edray.evaluate.config import EvaluateConfig, ModelSpec
 from edray.data.readers import EVAL_REQUIRED_COLUMNS as REQUIRED_COLUMNS
 from edray.data.readers import read_parquet_rows
-from edray.rundir import StageDir, fingerprint
+from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import (
     EVAL_PREDICTIONS,
     EVAL_PREDICTIONS_SCHEMA,
@@ -295,6 +295,20 @@ def _answer_all(
     return predictions, timings
 
 
+def _models(config: EvaluateConfig) -> list[Any]:
+    specs = [config.base.model_copy(update={"arm": "base"}), *config.models]
+    return [resolve_model(s, config.base) for s in specs]
+
+
+def stage(config: EvaluateConfig, run_dir: str | Path) -> Stage:
+    """The evaluate stage's identity: ``round_<k>/evaluate``, keyed by the config, the splits and (in
+    process) the model folders it scores."""
+    inputs: list[str] = [*config.target, config.general]
+    if config.backend == "transformers":
+        inputs += sorted({p for m in _models(config) for p in (m.path, m.adapter) if p})
+    return Stage(StageDir(Path(run_dir), STAGE, config.round), config, inputs=inputs)
+
+
 def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client: Any = None) -> Path:
     """Run the evaluate stage (skipped when a completed output has the same config and inputs).
 
@@ -311,41 +325,31 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
     Raises:
         FileNotFoundError, ValueError: a split or model folder is missing or unusable.
     """
-    run_dir = Path(run_dir)
-    stage = StageDir(run_dir, STAGE, config.round)
-    specs = [config.base.model_copy(update={"arm": "base"})]
-    specs += list(config.models)
-    models = [resolve_model(s, config.base) for s in specs]
-    inputs: list[str] = [*config.target, config.general]
-    if config.backend == "transformers":
-        inputs += sorted({p for m in models for p in (m.path, m.adapter) if p})
-    fp = fingerprint(config, inputs=inputs)
-    if stage.is_done(fp) and not force:
-        log.info("evaluate: %s is up to date (fingerprint %s); skipping", stage.path, fp)
-        return stage.path
-    stage.clean_stale()
-    suites = {
-        "target": read_suite(config.target, config.limit_target, config.split),
-        "general": read_suite([config.general], config.limit_general, config.split),
-    }
-    template = config.generation.templates[config.generation.family]
-    prompts = {s: [core.render_prompt(r, template) for r in rows] for s, rows in suites.items()}
-    images = {s: [list(r["images"] or []) for r in rows] for s, rows in suites.items()}
+    st = stage(config, run_dir)
+    models = _models(config)
 
-    started = time.time()
-    predictions: list[dict[str, Any]] = []
-    timings: dict[str, float] = {}
-    scratch = Path(tempfile.mkdtemp(prefix="edray-evaluate-"))
-    try:
-        predictions, timings = _answer_all(models, suites, prompts, images, config, client, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    scores = core.accuracy_table(predictions)
-    summary = core.summarize(scores, models[0].name, config.cap_retention)
-    with stage.commit(config, fp, inputs=inputs) as tmp:
+    def compute(tmp: Path) -> None:
+        suites = {
+            "target": read_suite(config.target, config.limit_target, config.split),
+            "general": read_suite([config.general], config.limit_general, config.split),
+        }
+        template = config.generation.templates[config.generation.family]
+        prompts = {s: [core.render_prompt(r, template) for r in rows] for s, rows in suites.items()}
+        images = {s: [list(r["images"] or []) for r in rows] for s, rows in suites.items()}
+
+        started = time.time()
+        predictions: list[dict[str, Any]] = []
+        timings: dict[str, float] = {}
+        scratch = Path(tempfile.mkdtemp(prefix="edray-evaluate-"))
+        try:
+            predictions, timings = _answer_all(models, suites, prompts, images, config, client, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        scores = core.accuracy_table(predictions)
+        summary = core.summarize(scores, models[0].name, config.cap_retention)
         pq.write_table(pa.Table.from_pylist(predictions, schema=EVAL_PREDICTIONS_SCHEMA), tmp / EVAL_PREDICTIONS)
         pq.write_table(pa.Table.from_pylist(scores, schema=EVAL_SCORES_SCHEMA), tmp / EVAL_SCORES)
-        stage.counts.update(
+        st.dir.counts.update(
             {
                 "models": len(models),
                 "target_rows": len(suites["target"]),
@@ -354,11 +358,12 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
                 "failures": sum(p["failure"] is not None for p in predictions),
             }
         )
-        stage.metrics.update(
+        st.dir.metrics.update(
             {
                 "summary": [s.as_dict() for s in summary],
                 "seconds_per_model": timings,
                 "wall_s": round(time.time() - started, 3),
             }
         )
-    return stage.path
+
+    return run_stage(st, compute, force=force)

@@ -96,8 +96,20 @@ class EmbedConfig(EdrayModel):
         "skill",
         description="Text to embed: skill (the annotated skill text), instruction, or instruction_answer.",
     )
-    actors: int = Field(2, ge=1, le=4096, description="Embedder actors (the pool starts at full size).")
-    num_cpus: float = Field(0.9, gt=0, le=64, description="CPUs per embedder actor; fractional on 2-core machines.")
+    actors: Optional[int] = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Embedder actors (the pool starts at full size); unset: as many as the CPUs left after "
+        "reading and annotation hold (GPU embedders: one per num_gpus of the cluster's GPUs).",
+    )
+    num_cpus: Optional[float] = Field(
+        None,
+        gt=0,
+        le=64,
+        description="CPUs per embedder actor; unset: the CPUs left after reading and annotation, shared by the "
+        "actors, at most 1 each.",
+    )
     num_gpus: float = Field(0.0, ge=0, le=8, description="GPUs per embedder actor; 0 embeds on CPU.")
     batch_size: int = Field(128, ge=1, le=65536, description="Rows per embedding batch.")
     max_seq_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text before embedding.")
@@ -184,5 +196,16 @@ class IndexConfig(EdrayModel):
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Embedding.")
     store: StoreConfig = Field(default_factory=StoreConfig, description="LanceDB table and its indexes.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="Query defaults.")
-    progress_bars: bool = Field(True, description="Show one progress bar per pipeline operator.")
+    progress_bars: bool = Field(
+        False,
+        description="Ray Data's own progress bar per pipeline operator (in the log folder, or on the console with "
+        "--verbose); edray's own progress line is shown either way.",
+    )
     prepare_num_cpus: float = Field(0.25, gt=0, le=64, description="CPUs per validation/anti-join task.")
+    stall_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="Fail when the pipeline delivers no batch for this long while no other work holds the "
+        "cluster (a hung teacher or a pool that cannot be scheduled); 0 waits for ever.",
+    )

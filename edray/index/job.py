@@ -36,7 +36,10 @@ from edray.aio import run_sync
 from edray.config import ConfigError
 from edray.index import core
 from edray.index.config import AnnotateConfig, EmbedConfig, IndexConfig
-from edray.rundir import StageDir, fingerprint
+from edray.console import RowProgress, console
+from edray.index.sizing import IndexSizes, size_index
+from edray.resources import guard_stalls
+from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import (
     INDEX_ANNOTATION_FAILURES,
     INDEX_DB_DIR,
@@ -272,13 +275,14 @@ class EmbedPredictor:
         )
 
 
-def build_pipeline(config: IndexConfig, db_uri: str, known_ref: Any) -> Any:
+def build_pipeline(config: IndexConfig, db_uri: str, known_ref: Any, sizes: IndexSizes) -> Any:
     """The lazy Ray Data pipeline from the pool to embedded stream batches.
 
     Args:
         config: the stage config.
         db_uri: the LanceDB URI (the annotators open the cache table there).
         known_ref: object reference to the ids already committed.
+        sizes: the actor pools' resolved sizes (:func:`edray.index.sizing.size_index`).
 
     Returns:
         A ``ray.data.Dataset`` of stream batches (``core.STREAM_SCHEMA`` + annotation + ``vector``).
@@ -312,8 +316,8 @@ def build_pipeline(config: IndexConfig, db_uri: str, known_ref: Any) -> Any:
         fn_constructor_kwargs={"cfg": e},
         batch_format="pyarrow",
         batch_size=e.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=e.actors, max_size=e.actors),
-        num_cpus=e.num_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=sizes.embed_actors, max_size=sizes.embed_actors),
+        num_cpus=sizes.embed_cpus,
         num_gpus=e.num_gpus or None,
     )
 
@@ -496,6 +500,11 @@ class _Writer:
         self.busy["write"] += time.perf_counter() - started
 
 
+def stage(config: IndexConfig, run_dir: str | os.PathLike[str]) -> Stage:
+    """The index stage's identity: ``<run_dir>/index``, keyed by the config and the pool."""
+    return Stage(StageDir(Path(run_dir), core.STAGE_NAME), config, inputs=[config.pool])
+
+
 def run(config: IndexConfig, run_dir: str | os.PathLike[str], force: bool = False) -> Path:
     """Index the pool into LanceDB; skip when the same config and pool were already indexed.
 
@@ -510,19 +519,26 @@ def run(config: IndexConfig, run_dir: str | os.PathLike[str], force: bool = Fals
     Raises:
         FileNotFoundError: the pool does not exist.
         ConfigError: the configuration cannot run on this cluster (vLLM without GPUs).
+        edray.resources.ResourceError: the actor pools cannot fit on this cluster (before any work).
+        edray.resources.StallError: the pipeline delivered nothing for ``stall_timeout_s``.
     """
-    stage = StageDir(Path(run_dir), core.STAGE_NAME)
-    fp = fingerprint(config, inputs=[config.pool])
-    if stage.is_done(fp) and not force:
-        return stage.path
-    stage.clean_stale()
-    summary = index_pool(config, Path(run_dir), stage, fp)
-    _print_summary(summary)
-    return stage.path
+    if not Path(config.pool).exists() and "://" not in config.pool:
+        raise FileNotFoundError(f"pool {config.pool} does not exist")
+    st = stage(config, run_dir)
+    summary: dict[str, Any] = {}
+
+    def compute(tmp: Path) -> None:
+        assert st.shape is not None
+        summary.update(index_pool(config, Path(run_dir), st.dir, tmp, size_index(config, st.shape)))
+
+    run_stage(st, compute, force=force, plan=lambda shape: size_index(config, shape).plan)
+    if summary:
+        _print_summary(summary)
+    return st.path
 
 
-def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> dict[str, Any]:
-    """Run the pipeline, commit the table and its indexes, and commit the stage folder.
+def index_pool(config: IndexConfig, run_dir: Path, stage_dir: StageDir, tmp: Path, sizes: IndexSizes) -> dict[str, Any]:
+    """Run the pipeline, commit the table and its indexes, and write the stage's files into ``tmp``.
 
     Returns:
         The summary written to ``summary.json`` and ``manifest.json``.
@@ -531,22 +547,21 @@ def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> 
 
     from edray.index.store import committed_ids, connect, open_table, refresh_indexes
 
-    if not Path(config.pool).exists() and "://" not in config.pool:
-        raise FileNotFoundError(f"pool {config.pool} does not exist")
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = config.progress_bars
-    ctx.enable_operator_progress_bars = config.progress_bars
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = config.progress_bars
     db_uri = config.store.uri or str((run_dir / INDEX_DB_DIR).resolve())
     db = connect(db_uri, config.store.storage_options)
     started = time.perf_counter()
     known = committed_ids(open_table(db, config.store.table))
     known_ref = ray.put(known)
     writer = _Writer(config, db)
-    ds = build_pipeline(config, db_uri, known_ref)
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        writer.add(batch)
+    ds = build_pipeline(config, db_uri, known_ref, sizes)
+    batches = guard_stalls(ds.iter_batches(batch_format="pyarrow", batch_size=None), config.stall_timeout_s,
+                           sizes.plan, what="batch")
+    with RowProgress("index: annotate + embed") as progress:
+        for batch in batches:
+            writer.add(batch)
+            progress.advance(batch.num_rows)
     writer.flush()
     table = open_table(db, config.store.table)
     if table is None:
@@ -562,46 +577,34 @@ def index_pool(config: IndexConfig, run_dir: Path, stage: StageDir, fp: str) -> 
     index_s = time.perf_counter() - t0
     wall = time.perf_counter() - started
     counts = dict(writer.counts, table_rows=total)
-    summary = core.summarize(counts, writer.busy, {"annotate": config.annotate.actors, "embed": config.embed.actors,
+    summary = core.summarize(counts, writer.busy, {"annotate": sizes.annotate_actors, "embed": sizes.embed_actors,
                                                   "write": 1}, wall)
     summary.update(vector_index=plan.as_dict(), indexes=built, index_build_s=round(index_s, 3), uri=db_uri,
-                   table=config.store.table)
+                   table=config.store.table, resources=sizes.plan.describe())
     info = {"uri": db_uri, "table": config.store.table,
             "embed_model": config.embed.model_path, "embed_text": config.embed.text, "normalize": config.embed.normalize,
             "max_seq_length": config.embed.max_seq_length, "metric": s.metric, "rrf_k": config.search.rrf_k,
             "nprobes": config.search.nprobes or core.auto_nprobes(plan.num_partitions), "payload": s.payload, "version": table.version}
-    stage.counts.update({k: int(v) for k, v in counts.items()})
-    stage.metrics.update({"stages": summary["stages"], "rows_per_s": summary["rows_per_s"],
-                          "index_build_s": summary["index_build_s"], "vector_index": summary["vector_index"]})
-    with stage.commit(config, fp, inputs=[config.pool]) as tmp:
-        q = pa.concat_tables(writer.quarantine) if writer.quarantine else QUARANTINE_SCHEMA.empty_table()
-        pq.write_table(q, tmp / QUARANTINE)
-        f = pa.concat_tables(writer.failures) if writer.failures else core.ANNOTATION_FAILURE_SCHEMA.empty_table()
-        pq.write_table(f, tmp / INDEX_ANNOTATION_FAILURES)
-        (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
-        (tmp / INDEX_INFO).write_text(json.dumps(info, indent=2))
+    stage_dir.counts.update({k: int(v) for k, v in counts.items()})
+    stage_dir.metrics.update({"stages": summary["stages"], "rows_per_s": summary["rows_per_s"],
+                              "index_build_s": summary["index_build_s"], "vector_index": summary["vector_index"],
+                              "resources": summary["resources"]})
+    q = pa.concat_tables(writer.quarantine) if writer.quarantine else QUARANTINE_SCHEMA.empty_table()
+    pq.write_table(q, tmp / QUARANTINE)
+    f = pa.concat_tables(writer.failures) if writer.failures else core.ANNOTATION_FAILURE_SCHEMA.empty_table()
+    pq.write_table(f, tmp / INDEX_ANNOTATION_FAILURES)
+    (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    (tmp / INDEX_INFO).write_text(json.dumps(info, indent=2))
     return summary
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    """One line: rows in and out, failures, and the rate of each pipeline stage."""
     c = summary["counts"]
-    t = Table(title="index summary")
-    t.add_column("rows in")
-    t.add_column("indexed (new)")
-    t.add_column("already indexed")
-    t.add_column("table rows")
-    t.add_column("quarantined")
-    t.add_column("annotation failures")
-    t.add_column("cache hits")
-    t.add_row(*(str(c.get(k, 0)) for k in ("rows_in", "indexed", "already_indexed", "table_rows", "quarantined",
-                                           "annotation_failures", "cache_hits")))
-    Console().print(t)
-    s = Table(title=f"rows/s per stage (wall {summary['wall_s']} s, {summary['rows_per_s']} rows/s in)")
-    for col in ("stage", "rows", "actors", "rows/s", "rows/s per actor"):
-        s.add_column(col)
-    for name, st in summary["stages"].items():
-        s.add_row(name, str(st["rows"]), str(st["actors"]), str(st["rows_per_s"]), str(st["rows_per_actor_s"]))
-    Console().print(s)
+    rates = ", ".join(f"{name} {st['rows_per_s']:,.0f}/s" for name, st in summary["stages"].items())
+    console.print(
+        f"index: {c.get('rows_in', 0):,} rows in, {c.get('indexed', 0):,} indexed, {c.get('already_indexed', 0):,} "
+        f"already indexed, {c.get('quarantined', 0):,} quarantined, {c.get('annotation_failures', 0):,} annotation "
+        f"failures, {c.get('cache_hits', 0):,} cache hits; {summary['rows_per_s']:,.0f} rows/s ({rates}); "
+        f"table {c.get('table_rows', 0):,} rows"
+    )

@@ -23,6 +23,7 @@ Run it with::
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -32,15 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from rich.console import Console
-
 from edray.config import ConfigError
+from edray.console import console, stage_line
 from edray.pipeline.config import ArmConfig, RunConfig, validate_section
-from edray.rundir import StageDir, fingerprint
+from edray.resources import ensure_ray
+from edray.rundir import MANIFEST, Stage, StageDir, run_stage
 from edray.schemas import RUN_CONFIG, SELECTION, WORLD_EVAL_DIR, WORLD_GENERAL_SUITE, WORLD_POOL_DIR
 
 log = logging.getLogger(__name__)
-console = Console(stderr=True)
 
 STUDENT_NAME = "student"
 
@@ -214,35 +214,43 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 class Progress:
-    """One line per stage across the whole run: which stage and how long (a stage finished by an earlier
-    run is skipped by its own job and shows as done in about 0 s)."""
+    """One line when each stage of the run starts and one when it ends, with its wall time and the counts
+    its manifest records (a stage finished by an earlier run is skipped by its own job and shows as up to
+    date)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.n, self.started = total, 0, time.time()
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, folder: Path | None = None) -> Iterator[None]:
         self.n += 1
-        t0 = time.time()
-        console.print(f"[bold cyan][{self.n}/{self.total}][/bold cyan] {name} ...", highlight=False)
-        yield
-        console.print(
-            f"[bold cyan][{self.n}/{self.total}][/bold cyan] {name} [green]done[/green] in {time.time() - t0:.1f} s "
-            f"(run {time.time() - self.started:.0f} s)",
-            highlight=False,
-        )
+        before = _manifest_stamp(folder)
+        with stage_line(name, self.n, self.total) as info:
+            yield
+            if folder is not None:
+                after = _manifest_stamp(folder)
+                info["summary"] = "up to date" if after is not None and after == before else manifest_summary(folder)
+
+
+def _manifest_stamp(folder: Path | None) -> Any:
+    if folder is None or not (folder / MANIFEST).is_file():
+        return None
+    return json.loads((folder / MANIFEST).read_text()).get("finished_at")
+
+
+def manifest_summary(folder: Path, most: int = 5) -> str:
+    """A stage's counts from its manifest, as ``answers 60, errors 31, gaps 2`` (the first ``most``)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return ""
+    counts = json.loads(path.read_text()).get("counts", {})
+    return ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in list(counts.items())[:most] if isinstance(v, int))
 
 
 def _ensure_api_key(env: str) -> None:
     """A served endpoint always takes a key: make a random one for this process when none is set."""
     if not os.environ.get(env):
         os.environ[env] = secrets.token_urlsafe(24)
-
-
-def _diagnose_done(stage_cfg: Any, run_dir: Path) -> bool:
-    from edray.diagnose.job import STAGE
-
-    return StageDir(run_dir, STAGE, stage_cfg.round).is_done(fingerprint(stage_cfg, inputs=[stage_cfg.validation]))
 
 
 @contextmanager
@@ -273,12 +281,8 @@ def _tuned_student(run_dir: Path, round_index: int, base: Path) -> Path:
     train_dir = StageDir(run_dir, "train", round_index).path
     if (train_dir / TRAIN_MODEL / "config.json").is_file():
         return train_dir / TRAIN_MODEL
-    merged = StageDir(run_dir, "student", round_index)
-    fp = fingerprint({"base": str(base)}, inputs=[train_dir])
-    if not merged.is_done(fp):
-        with merged.commit({"base": str(base), "adapter": str(train_dir / TRAIN_ADAPTER)}, fp, [train_dir]) as tmp:
-            merge_adapter(str(base), str(train_dir / TRAIN_ADAPTER), tmp)
-    return merged.path
+    merged = Stage(StageDir(run_dir, "student", round_index), {"base": str(base)}, inputs=[train_dir])
+    return run_stage(merged, lambda tmp: merge_adapter(str(base), str(train_dir / TRAIN_ADAPTER), tmp))
 
 
 def prepare(cfg: RunConfig, run_dir: Path, progress: Progress, force: bool = False) -> RunPaths:
@@ -315,8 +319,6 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
     Returns:
         The run folder.
     """
-    import ray
-
     from edray.diagnose import job as diagnose_job
     from edray.evaluate import job as evaluate_job
     from edray.index import job as index_job
@@ -326,15 +328,9 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        # Inside `ray job submit` (or with RAY_ADDRESS set) join that cluster; otherwise start a private one
-        # rather than join whatever `ray start` left running on this machine.
-        # Logical CPUs are oversubscribed (at least 4) on small machines: a streaming pipeline's read tasks,
-        # annotator and embedder actors must all be scheduled at once or the read starves (Ray on 2 cores).
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(include_dashboard=False, configure_logging=False)
-        else:
-            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, configure_logging=False)
+    # Inside `ray job submit` (or with RAY_ADDRESS set) join that cluster; otherwise start a private one of
+    # this machine's real size: every stage sizes its pools from it and checks its plan against it.
+    ensure_ray()
     # The config the run was started with, for whoever reads the folder later (report, result tables).
     tmp = run_dir / f".{RUN_CONFIG}.tmp"
     tmp.write_text(cfg.model_dump_json(indent=2))
@@ -352,18 +348,19 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
     for k in range(cfg.rounds):
         stages = stage_configs(cfg, paths, k, base_url, student=current)
         if k == 0:
-            with progress.stage("index: annotate, embed and index the supporting pool"):
+            with progress.stage("index: annotate, embed and index the supporting pool", index_job.stage(stages.index, run_dir).path):
                 index_job.run(stages.index, run_dir, force=force)
-        with progress.stage(f"round {k}: diagnose the student"):
-            if force or not _diagnose_done(stages.diagnose, run_dir):
+        diagnosis = diagnose_job.stage(stages.diagnose, run_dir)
+        with progress.stage(f"round {k}: diagnose the student", diagnosis.path):
+            if force or not diagnosis.done():
                 with served(cfg, current, stages.diagnose.student.client.model):
                     diagnose_job.run(stages.diagnose, run_dir, force=force)
         arms = cfg.arms if k == 0 else cfg.arms[:1]
         for arm in arms:
             arm_root = paths.arm_dir(cfg.arms, arm)
-            with progress.stage(f"round {k}: select ({arm.name})"):
+            with progress.stage(f"round {k}: select ({arm.name})", StageDir(arm_root, "select", k).path):
                 select_dir = select_job.run(stages.select[arm.name], arm_root, force=force)
-            with progress.stage(f"round {k}: train ({arm.name}, {stages.train[arm.name].mode})"):
+            with progress.stage(f"round {k}: train ({arm.name}, {stages.train[arm.name].mode})", StageDir(arm_root, "train", k).path):
                 train_job.run(
                     stages.train[arm.name],
                     arm_root,
@@ -373,7 +370,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
                     round_index=k,
                     force=force,
                 )
-        with progress.stage(f"round {k}: evaluate base and tuned students"):
+        with progress.stage(f"round {k}: evaluate base and tuned students", evaluate_job.stage(stages.evaluate, run_dir).path):
             evaluate_job.run(stages.evaluate, run_dir, force=force)
         if k + 1 < cfg.rounds:
             current = _tuned_student(run_dir, k, current)
@@ -381,5 +378,5 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
     if cfg.report:
         with progress.stage("report: write report.html"):
             out = report_job.write_report(run_dir)
-        console.print(f"report: {out}", highlight=False)
+        console.print(f"report: {out}")
     return run_dir

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from edray.index.core import instruction_and_answer
 from edray.data.readers import read_parquet_rows
-from edray.rundir import StageDir, fingerprint
+from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import ERRORS, GAPS, SELECTION
 from edray.select import core
 from edray.select.config import SelectConfig
@@ -234,6 +234,32 @@ def select_insta(handle: Any, budget: int, validation: list[dict[str, Any]], gua
 # --- the stage ---------------------------------------------------------------------------------------
 
 
+def stage(config: SelectConfig, run_dir: str | Path) -> Stage:
+    """The select stage's identity: ``round_<k>/select``, keyed by the config, the index, the diagnosis and
+    the evaluation sets the contamination guard reads.
+
+    Raises:
+        FileNotFoundError: the index or the diagnose stage has not completed.
+    """
+    run_dir = Path(run_dir)
+    index_dir, diagnose_dir = _input_dirs(config, run_dir)
+    diag_manifest = json.loads((diagnose_dir / "manifest.json").read_text())
+    eval_paths = [diag_manifest["config"]["validation"], *config.contamination.evaluation]
+    return Stage(StageDir(run_dir, STAGE, config.round), config, inputs=[index_dir, diagnose_dir, *eval_paths])
+
+
+def _input_dirs(config: SelectConfig, run_dir: Path) -> tuple[Path, Path]:
+    from edray.index.search import INDEX_INFO
+
+    index_dir = Path(config.index_dir) if config.index_dir else run_dir / "index"
+    diagnose_dir = Path(config.diagnose_dir) if config.diagnose_dir else StageDir(run_dir, "diagnose", config.round).path
+    if not (index_dir / INDEX_INFO).is_file():
+        raise FileNotFoundError(f"no completed index at {index_dir}; run `edray index` first")
+    if not (diagnose_dir / "_SUCCESS").exists():
+        raise FileNotFoundError(f"no completed diagnose stage at {diagnose_dir}; run `edray diagnose` first")
+    return index_dir, diagnose_dir
+
+
 def run(config: SelectConfig, run_dir: str | Path, force: bool = False) -> Path:
     """Run the select stage (skipped when a completed output has the same config and inputs).
 
@@ -248,80 +274,69 @@ def run(config: SelectConfig, run_dir: str | Path, force: bool = False) -> Path:
     Raises:
         FileNotFoundError: the index or the diagnose stage has not completed.
     """
-    from edray.index.search import INDEX_INFO, open_index
+    from edray.index.search import open_index
 
     run_dir = Path(run_dir)
-    index_dir = Path(config.index_dir) if config.index_dir else run_dir / "index"
-    diagnose_dir = Path(config.diagnose_dir) if config.diagnose_dir else StageDir(run_dir, "diagnose", config.round).path
-    if not (index_dir / INDEX_INFO).is_file():
-        raise FileNotFoundError(f"no completed index at {index_dir}; run `edray index` first")
-    if not (diagnose_dir / "_SUCCESS").exists():
-        raise FileNotFoundError(f"no completed diagnose stage at {diagnose_dir}; run `edray diagnose` first")
+    index_dir, diagnose_dir = _input_dirs(config, run_dir)
     diag_manifest = json.loads((diagnose_dir / "manifest.json").read_text())
     validation_path = diag_manifest["config"]["validation"]
-    eval_paths = [validation_path, *config.contamination.evaluation]
 
-    stage = StageDir(run_dir, STAGE, config.round)
-    fp = fingerprint(config, inputs=[index_dir, diagnose_dir, *eval_paths])
-    if stage.is_done(fp) and not force:
-        log.info("select: %s is up to date (fingerprint %s); skipping", stage.path, fp)
-        return stage.path
-    stage.clean_stale()
+    st = stage(config, run_dir)
 
-    handle = open_index(index_dir)
-    pool = _pool_ids(handle.table)
-    budget = core.resolve_budget(config.budget, config.budget_fraction, len(pool))
-    task = diag_manifest["config"].get("task")
-    validation = [
-        r for r in _read_parquet_rows(validation_path, ["id", "source_task", "images", "messages"])
-        if task is None or r["source_task"] == task
-    ]
-    evaluation = list(validation)
-    for path in config.contamination.evaluation:
-        evaluation.extend(_read_parquet_rows(path, ["id", "images", "messages"]))
-    guard = Guard(config, handle.table, evaluation)
+    def compute(tmp: Path) -> None:
+        handle = open_index(index_dir)
+        pool = _pool_ids(handle.table)
+        budget = core.resolve_budget(config.budget, config.budget_fraction, len(pool))
+        task = diag_manifest["config"].get("task")
+        validation = [
+            r for r in _read_parquet_rows(validation_path, ["id", "source_task", "images", "messages"])
+            if task is None or r["source_task"] == task
+        ]
+        evaluation = list(validation)
+        for path in config.contamination.evaluation:
+            evaluation.extend(_read_parquet_rows(path, ["id", "images", "messages"]))
+        guard = Guard(config, handle.table, evaluation)
 
-    provenance: dict[str, core.Provenance] = {}
-    source = "pool"
-    n_replay = core.replay_count(budget, config.replay_share) if config.strategy != "validation" else 0
-    targeted_budget = budget - n_replay
-    counts: dict[str, int] = {}
-    if config.strategy == "error_driven":
-        gaps = pq.read_table(diagnose_dir / GAPS).to_pylist()
-        errors = pq.read_table(diagnose_dir / ERRORS).to_pylist()
-        units = _units(config, gaps, errors)
-        picks, provenance = select_error_driven(handle, config, units, targeted_budget, guard, len(pool))
-        counts["targeted"] = len(picks)
-        counts["units"] = len(units)
-    elif config.strategy == "random":
-        picks = [core.Pick(i, "random", None, None) for i in _draw(pool, targeted_budget, config.seed, set(), guard)]
-    elif config.strategy == "insta":
-        picks = select_insta(handle, targeted_budget, validation, guard)
-    elif config.strategy == "full":
-        bad = guard.check(pool)
-        picks = [core.Pick(i, "full", None, None) for i in sorted(pool) if i not in bad]
-        n_replay = 0
-    else:
-        source = "validation"
-        ids = sorted(str(r["id"]) for r in validation)
-        picks = [core.Pick(i, "validation", None, None) for i in ids[:budget]]
+        provenance: dict[str, core.Provenance] = {}
+        source = "pool"
+        n_replay = core.replay_count(budget, config.replay_share) if config.strategy != "validation" else 0
+        targeted_budget = budget - n_replay
+        counts: dict[str, int] = {}
+        if config.strategy == "error_driven":
+            gaps = pq.read_table(diagnose_dir / GAPS).to_pylist()
+            errors = pq.read_table(diagnose_dir / ERRORS).to_pylist()
+            units = _units(config, gaps, errors)
+            picks, provenance = select_error_driven(handle, config, units, targeted_budget, guard, len(pool))
+            counts["targeted"] = len(picks)
+            counts["units"] = len(units)
+        elif config.strategy == "random":
+            picks = [core.Pick(i, "random", None, None) for i in _draw(pool, targeted_budget, config.seed, set(), guard)]
+        elif config.strategy == "insta":
+            picks = select_insta(handle, targeted_budget, validation, guard)
+        elif config.strategy == "full":
+            bad = guard.check(pool)
+            picks = [core.Pick(i, "full", None, None) for i in sorted(pool) if i not in bad]
+            n_replay = 0
+        else:
+            source = "validation"
+            ids = sorted(str(r["id"]) for r in validation)
+            picks = [core.Pick(i, "validation", None, None) for i in ids[:budget]]
 
-    taken = {p.id for p in picks}
-    if source == "pool" and config.strategy != "full":
-        short = targeted_budget - len(picks)
-        if short > 0 and config.fill_shortfall == "random":
-            fill = _draw(pool, short, config.seed + 1, taken, guard)
-            picks += [core.Pick(i, SHORTFALL, None, None) for i in fill]
-            taken.update(fill)
-            counts["shortfall_fill"] = len(fill)
-        replay = _draw(pool, n_replay, config.seed + 2, taken, guard)
-        picks += [core.Pick(i, REPLAY, None, None) for i in replay]
-        counts["replay"] = len(replay)
-    table = _selection_table(picks, provenance, config, source)
+        taken = {p.id for p in picks}
+        if source == "pool" and config.strategy != "full":
+            short = targeted_budget - len(picks)
+            if short > 0 and config.fill_shortfall == "random":
+                fill = _draw(pool, short, config.seed + 1, taken, guard)
+                picks += [core.Pick(i, SHORTFALL, None, None) for i in fill]
+                taken.update(fill)
+                counts["shortfall_fill"] = len(fill)
+            replay = _draw(pool, n_replay, config.seed + 2, taken, guard)
+            picks += [core.Pick(i, REPLAY, None, None) for i in replay]
+            counts["replay"] = len(replay)
+        table = _selection_table(picks, provenance, config, source)
 
-    with stage.commit(config, fp, inputs=[index_dir, diagnose_dir, *eval_paths]) as tmp:
         pq.write_table(table, tmp / SELECTION)
-        stage.counts.update(
+        st.dir.counts.update(
             {
                 "pool": len(pool),
                 "budget": budget,
@@ -334,11 +349,12 @@ def run(config: SelectConfig, run_dir: str | Path, force: bool = False) -> Path:
         per_gap: dict[str, int] = {}
         for p in picks:
             per_gap[p.gap] = per_gap.get(p.gap, 0) + 1
-        stage.metrics.update(
+        st.dir.metrics.update(
             {"per_unit": per_gap, "contamination_examples": dict(list(guard.excluded.items())[:20]),
              "images_checked": guard.has_images}
         )
-    return stage.path
+
+    return run_stage(st, compute, force=force)
 
 
 def _selection_table(

@@ -14,7 +14,9 @@ ingress checks the key and the limits, decodes images and routes by the request'
 The ingress never sees the API key itself, only its SHA-256 digest.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations at runtime, and
+# with string annotations some fastapi/pydantic releases take `request: Request` for a required query
+# parameter (every call then answers 422).
 
 import asyncio
 import hashlib

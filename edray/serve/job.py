@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edray.config import ConfigError
+from edray.console import out
+from edray.resources import Demand, ResourcePlan, prepare_ray
 from edray.serve.config import ServeConfig
 
 
@@ -54,6 +56,18 @@ def api_key_digest(config: ServeConfig) -> str:
     return hashlib.sha256(key.strip().encode()).hexdigest()
 
 
+def serve_plan(config: ServeConfig) -> ResourcePlan:
+    """Every replica of every model deployment and of the ingress, held together while serving."""
+    demands = [
+        Demand(f"replicas of {m.name}", m.num_replicas, m.num_cpus, m.num_gpus,
+               fields=(f"models[{i}].num_replicas", f"models[{i}].num_cpus") + ((f"models[{i}].num_gpus",) if m.num_gpus else ()))
+        for i, m in enumerate(config.models)
+    ]
+    demands.append(Demand("ingress replicas", config.ingress_replicas, config.ingress_num_cpus,
+                          fields=("ingress_replicas", "ingress_num_cpus")))
+    return ResourcePlan("serve", demands)
+
+
 def start(config: ServeConfig) -> ServedApp:
     """Start (or update) the application on the current Ray cluster and wait until it is running.
 
@@ -65,8 +79,8 @@ def start(config: ServeConfig) -> ServedApp:
 
     Raises:
         ConfigError: no models configured or the API key is missing.
+        edray.resources.ResourceError: the deployments cannot fit on the cluster.
     """
-    import ray
     from ray import serve
 
     from edray.serve.app import build_app
@@ -74,8 +88,7 @@ def start(config: ServeConfig) -> ServedApp:
     if not config.models:
         raise ConfigError("models: at least one model must be served (the teacher may be external)")
     digest = api_key_digest(config)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
+    prepare_ray(lambda shape: serve_plan(config))
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build_app(config, digest), name=config.app_name, route_prefix=config.route_prefix, blocking=False)
     prefix = config.route_prefix.rstrip("/")
@@ -107,10 +120,10 @@ def run(config: ServeConfig, block: bool = True) -> ServedApp:
         The running application (after shutdown when ``block``).
     """
     app = start(config)
-    print(f"serving {', '.join(app.names)} at {app.base_url} (API key from ${config.api_key_env})", flush=True)
+    out.print(f"serving {', '.join(app.names)} at {app.base_url} (API key from ${config.api_key_env})")
     if config.external_teacher is not None:
         ext = config.external_teacher
-        print(f"teacher: {ext.model} at {ext.base_url} (external, key from ${ext.api_key_env}; not served here)")
+        out.print(f"teacher: {ext.model} at {ext.base_url} (external, key from ${ext.api_key_env}; not served here)")
     if not block:
         return app
     stop_event = threading.Event()
@@ -125,6 +138,6 @@ def run(config: ServeConfig, block: bool = True) -> ServedApp:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        print("shutting down", flush=True)
+        out.print("shutting down")
         stop()
     return app

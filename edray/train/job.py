@@ -39,7 +39,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from edray.rundir import StageDir, fingerprint
+from edray.resources import ClusterShape, ResourcePlan, workers_plan
+from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import QUARANTINE, QUARANTINE_SCHEMA, TRAIN_ADAPTER, TRAIN_METRICS, TRAIN_MODEL
 from edray.train.config import TrainConfig
 
@@ -491,60 +492,55 @@ def run(
     pool_p = Path(pool) if pool is not None else None
     if not (student_p / "config.json").is_file():
         raise ValueError(f"student {student_p} is not a model folder (no config.json)")
-    stage = StageDir(Path(run_dir), STAGE, round_index)
     inputs = [student_p, selection_p] + ([pool_p] if pool_p is not None else [])
-    fp = fingerprint(cfg, inputs=inputs)
-    if stage.is_done(fp) and not force:
-        return stage.path
-    stage.clean_stale()
-    storage = cfg.storage_path or str((stage.path.parent / "train_checkpoints").resolve())
-    name = f"train-{fp[:16]}"
+    st = Stage(StageDir(Path(run_dir), STAGE, round_index), cfg, inputs=inputs)
+    storage = cfg.storage_path or str((st.path.parent / "train_checkpoints").resolve())
+    name = f"train-{st.fingerprint[:16]}"
     if force and "://" not in storage:
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
-
     repo_root = str(Path(__file__).resolve().parents[2])
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": repo_root}})
-    started = time.time()
-    shards, quarantine, rows_per_worker = prepare_datasets(cfg, student_p, selection_p, pool_p)
-    datasets = {f"train_{i}": s for i, s in enumerate(shards)}
-    pythonpath = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config={
-            "train": cfg.model_dump(mode="json"),
-            "student": str(student_p.resolve()),
-            "rows_per_worker": rows_per_worker,
-            "on_step": on_step,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-        ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint under {storage}/{name}")
-    with result.checkpoint.as_directory() as d, stage.commit(cfg, fp, inputs) as tmp:
-        d = Path(d)
-        export = d / _CKPT_EXPORT
-        for child in export.iterdir():
-            shutil.copytree(child, tmp / child.name)
-        metrics = pq.read_table(d / _CKPT_METRICS)
-        pq.write_table(metrics, tmp / TRAIN_METRICS)
-        pq.write_table(quarantine, tmp / QUARANTINE)
-        state = json.loads((d / _CKPT_STATE).read_text())
-        stage.counts.update(
+
+    def compute(tmp: Path) -> None:
+        started = time.time()
+        shards, quarantine, rows_per_worker = prepare_datasets(cfg, student_p, selection_p, pool_p)
+        datasets = {f"train_{i}": s for i, s in enumerate(shards)}
+        pythonpath = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
+        trainer = TorchTrainer(
+            train_func,
+            train_loop_config={
+                "train": cfg.model_dump(mode="json"),
+                "student": str(student_p.resolve()),
+                "rows_per_worker": rows_per_worker,
+                "on_step": on_step,
+            },
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.num_workers,
+                use_gpu=cfg.use_gpu,
+                resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            ),
+            run_config=ray.train.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                worker_runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            ),
+            datasets=datasets,
+            dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training finished without a checkpoint under {storage}/{name}")
+        with result.checkpoint.as_directory() as d:
+            d = Path(d)
+            export = d / _CKPT_EXPORT
+            for child in export.iterdir():
+                shutil.copytree(child, tmp / child.name)
+            metrics = pq.read_table(d / _CKPT_METRICS)
+            pq.write_table(metrics, tmp / TRAIN_METRICS)
+            pq.write_table(quarantine, tmp / QUARANTINE)
+            state = json.loads((d / _CKPT_STATE).read_text())
+        st.dir.counts.update(
             {
                 "rows": rows_per_worker * cfg.num_workers,
                 "quarantined": quarantine.num_rows,
@@ -553,7 +549,7 @@ def run(
             }
         )
         losses = metrics["loss"].to_pylist()
-        stage.metrics.update(
+        st.dir.metrics.update(
             {
                 "final_loss": losses[-1] if losses else None,
                 "first_loss": losses[0] if losses else None,
@@ -561,7 +557,12 @@ def run(
                 "wall_s": round(time.time() - started, 2),
             }
         )
+
+    def plan(shape: ClusterShape) -> ResourcePlan:
+        return workers_plan("train", cfg.num_workers, cfg.cpus_per_worker, 1.0 if cfg.use_gpu else 0.0)
+
+    path = run_stage(st, compute, force=force, plan=plan)
     if "://" not in storage:
         # The exported model is in the stage folder now; the resumable checkpoints are no longer needed.
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
-    return stage.path
+    return path

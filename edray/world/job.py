@@ -30,7 +30,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from edray.rundir import StageDir, fingerprint
+from edray.resources import Demand, ResourcePlan, ensure_ray
+from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import SUPPORT_SCHEMA, WORLD_EVAL_DIR, WORLD_INFO, WORLD_POOL_DIR, WORLD_POOL_LANCE
 from edray.world.config import SceneConfig, WorldConfig
 from edray.world.pool import SPLITS, generate_eval_rows, generate_support_rows, skill_shares
@@ -58,14 +59,6 @@ def generate_pool_batch(batch: dict[str, Any], seed: int, mix: dict[str, float],
     return pa.concat_tables(tables)
 
 
-def _ensure_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-
-
 def write_pool(config: WorldConfig, out: Path) -> dict[str, float]:
     """Generate the supporting pool with Ray Data into ``out/pool`` (and ``out/pool.lance``).
 
@@ -78,7 +71,7 @@ def write_pool(config: WorldConfig, out: Path) -> dict[str, float]:
     """
     import ray
 
-    _ensure_ray()
+    ensure_ray()
     pool = config.pool
     n_blocks = max(1, -(-pool.pool_size // pool.batch_size))
     ds = ray.data.range(pool.pool_size, override_num_blocks=n_blocks).map_batches(
@@ -185,10 +178,18 @@ def run(config: WorldConfig, out: str | os.PathLike[str], force: bool = False, u
         The world folder.
     """
     out = Path(out)
-    stage = StageDir(out.parent, out.name)
-    fp = fingerprint(config, extra={"world_format": 1})
-    if stage.is_done(fp) and not force:
-        return stage.path
+    stage = Stage(StageDir(out.parent, out.name), config, extra={"world_format": 1})
+
+    def compute(tmp: Path) -> None:
+        stage.dir.metrics.update(write_pool(config, tmp) if use_ray else write_pool_local(config, tmp))
+        stage.dir.counts["pool"] = config.pool.pool_size
+        stage.dir.counts.update(write_eval(config, tmp))
+        (tmp / WORLD_INFO).write_text(json.dumps(world_info(config), indent=2))
+
+    def plan(shape: object) -> ResourcePlan:
+        return ResourcePlan("world", [Demand("generation tasks", 1, config.pool.num_cpus, fields=("pool.num_cpus",))])
+
+    return run_stage(stage, compute, force=force, plan=plan if use_ray else None)
     stage.clean_stale()
     with stage.commit(config, fp) as tmp:
         stage.metrics.update(write_pool(config, tmp) if use_ray else write_pool_local(config, tmp))

@@ -58,31 +58,40 @@ def stage_config(path: Path) -> tuple[str, Any]:
     return stage, load_config(_import_config(STAGE_CONFIGS[stage]), path, section=stage)
 
 
-def bundles(stage: str, cfg: Any) -> list[Bundle]:
-    """The resources one stage config reserves on the cluster, one bundle per actor/replica/worker."""
-    out: list[Bundle] = []
+def bundles(stage: str, cfg: Any, nodes: list[Node]) -> list[Bundle]:
+    """The resources one stage config holds at once on a cluster of ``nodes``, one bundle per task, actor,
+    replica or worker: the stage's own resource plan (sizes left unset are derived from the cluster)."""
+    from edray.index.sizing import size_index
+    from edray.resources import ClusterShape, workers_plan
+    from edray.serve.job import serve_plan
+
+    shape = ClusterShape(
+        cpus=sum(n.cpu * n.max_count for n in nodes),
+        gpus=sum(n.gpu * n.max_count for n in nodes),
+        node_cpus=max(n.cpu for n in nodes),
+        node_gpus=max(n.gpu for n in nodes),
+    )
     if stage == "index":
-        a, e = cfg.annotate, cfg.embed
-        gpu = float(a.vllm_gpus_per_actor) if a.backend == "vllm" else 0.0
-        out += [Bundle("annotator", a.num_cpus, gpu)] * a.actors
-        out += [Bundle("embedder", e.num_cpus, e.num_gpus)] * e.actors
+        plan = size_index(cfg, shape).plan
     elif stage == "train":
-        out += [Bundle("train worker", cfg.cpus_per_worker, 1.0 if cfg.use_gpu else 0.0)] * cfg.num_workers
+        plan = workers_plan("train", cfg.num_workers, cfg.cpus_per_worker, 1.0 if cfg.use_gpu else 0.0)
     elif stage == "serve":
-        for m in cfg.models:
-            out += [Bundle(f"model {m.name}", m.num_cpus, m.num_gpus)] * m.num_replicas
-        out += [Bundle("ingress", cfg.ingress_num_cpus)] * cfg.ingress_replicas
+        plan = serve_plan(cfg)
     elif stage == "run":
         from edray.pipeline.job import stage_configs
 
         stages = stage_configs(cfg, placeholder=True)
-        out += bundles("index", stages.index)
-        out += [b for t in stages.train.values() for b in bundles("train", t)][:1]  # arms train one after another
-        # The run serves the student (1 CPU) and, unless external, the world teacher (0.25) plus the ingress.
-        out += [Bundle("student", 1.0), Bundle("ingress", 0.25)]
+        # Stages run one after another; the run serves the student (1 CPU), the world teacher (0.25) unless
+        # external, and the ingress only while it diagnoses. The largest of them must fit.
+        served = [Bundle("student", 1.0), Bundle("ingress", 0.25)]
         if cfg.serve.teacher_base_url is None:
-            out.append(Bundle("world teacher", 0.25))
-    return out
+            served.append(Bundle("world teacher", 0.25))
+        candidates = [bundles("index", stages.index, nodes), served]
+        candidates += [bundles("train", t, nodes) for t in stages.train.values()]
+        return max(candidates, key=lambda c: sum(b.cpu for b in c))
+    else:
+        return []
+    return [Bundle(d.what, d.cpus, d.gpus) for d in plan.demands for _ in range(d.count)]
 
 
 def check_fits(stage: str, wanted: list[Bundle], nodes: list[Node], where: str) -> None:
@@ -141,7 +150,7 @@ def test_launcher_has_cpu_head_and_gpu_workers_sized_for_the_real_stages() -> No
     assert workers and all(n.gpu >= 1 for n in workers), workers
     for stage in ("index", "train", "serve"):
         cfg = real_stages()[stage]
-        check_fits(stage, bundles(stage, cfg), workers, LAUNCHER.name)
+        check_fits(stage, bundles(stage, cfg, workers), workers, LAUNCHER.name)
     # Every node mounts the shared folder the real configs' run folders, pool and models live on.
     assert any("/mnt/shared" in c for c in config["setup_commands"])
 
@@ -226,7 +235,7 @@ def test_raycluster_is_sized_for_the_real_stages() -> None:
     _, workers = pod_groups(cluster_spec(doc))
     nodes = [n for _, n in workers]
     for stage in ("index", "train", "serve"):
-        check_fits(stage, bundles(stage, real_stages()[stage]), nodes, "raycluster.yaml")
+        check_fits(stage, bundles(stage, real_stages()[stage], nodes), nodes, "raycluster.yaml")
 
 
 def test_rayjob_runs_the_whole_method_and_fits_its_cluster() -> None:
@@ -238,7 +247,7 @@ def test_rayjob_runs_the_whole_method_and_fits_its_cluster() -> None:
     env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
     assert set(env) <= {"env_vars", "pip", "working_dir", "py_modules", "excludes"}
     _, workers = pod_groups(cluster_spec(doc))
-    check_fits("run", bundles("run", cfg), [n for _, n in workers], "rayjob.yaml")
+    check_fits("run", bundles("run", cfg, [n for _, n in workers]), [n for _, n in workers], "rayjob.yaml")
 
 
 def test_rayservice_deploys_the_serve_config_through_the_builder(monkeypatch) -> None:
@@ -261,7 +270,7 @@ def test_rayservice_deploys_the_serve_config_through_the_builder(monkeypatch) ->
     assert stage == "serve" and header_cfg == cfg
     assert any(m.adapters for m in cfg.models)
     _, workers = pod_groups(cluster_spec(doc))
-    check_fits("serve", bundles("serve", cfg), [n for _, n in workers], "rayservice.yaml")
+    check_fits("serve", bundles("serve", cfg, [n for _, n in workers]), [n for _, n in workers], "rayservice.yaml")
     # Every container that may build or host the application has the API key the config names.
     for pod in [cluster_spec(doc)["headGroupSpec"]] + cluster_spec(doc)["workerGroupSpecs"]:
         (container,) = pod["template"]["spec"]["containers"]

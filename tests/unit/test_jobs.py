@@ -143,7 +143,7 @@ def test_job_resources_are_consistent(path: Path) -> None:
     _, _, config = load_job(path)
     for where, model in walk_models(config):
         fields: dict[str, Any] = {n: getattr(model, n) for n in type(model).model_fields}
-        if "actors" in fields and "num_cpus" in fields:
+        if "actors" in fields and "num_cpus" in fields and None not in (fields["actors"], fields["num_cpus"]):
             assert fields["actors"] >= 1 and fields["actors"] * fields["num_cpus"] > 0, f"{path.name}: {where} reserves no CPUs"
         for key in ("num_workers", "num_replicas", "ingress_replicas"):
             if key in fields:
@@ -152,6 +152,40 @@ def test_job_resources_are_consistent(path: Path) -> None:
             assert fields["cpus_per_worker"] > 0, f"{path.name}: {where}cpus_per_worker must be positive on CPU"
         if "num_rows" in fields and "batch_size" in fields and "num_workers" in fields:
             assert fields["num_rows"] >= fields["batch_size"] * fields["num_workers"], f"{path.name}: fewer rows than one step"
+
+
+def stage_plan(stage: str, config: Any, shape: Any) -> Any:
+    """The resource plan a stage's job checks before it starts Ray work (None: the stage holds no Ray resources)."""
+    from edray.index.sizing import size_index
+    from edray.resources import Demand, ResourcePlan, workers_plan
+    from edray.serve.job import serve_plan
+
+    if stage == "index":
+        return size_index(config, shape).plan
+    if stage == "train":
+        return workers_plan("train", config.num_workers, config.cpus_per_worker, 1.0 if config.use_gpu else 0.0)
+    if stage == "world_pretrain":
+        return workers_plan("pretrain", config.num_workers, config.cpus_per_worker)
+    if stage == "serve":
+        return serve_plan(config)
+    if stage == "world":
+        return ResourcePlan("world", [Demand("generation tasks", 1, config.pool.num_cpus, fields=("pool.num_cpus",))])
+    return None
+
+
+LOCAL_JOB_FILES = [p for p in JOB_FILES if "real" not in p.relative_to(ROOT).parts]
+
+
+@pytest.mark.parametrize("path", LOCAL_JOB_FILES, ids=_ids(LOCAL_JOB_FILES))
+def test_job_fits_a_two_cpu_machine(path: Path) -> None:
+    """Every example outside jobs/real/ (GPU clusters) runs as written on a 2-core machine: its stage's own
+    plan passes the check the job makes before it starts Ray work."""
+    from edray.resources import ClusterShape, check_plan
+
+    command, _, config = load_job(path)
+    plan = stage_plan(stage_of(command), config, ClusterShape(cpus=2, gpus=0, node_cpus=2, node_gpus=0))
+    if plan is not None:
+        check_plan(plan, ClusterShape(cpus=2, gpus=0, node_cpus=2, node_gpus=0))
 
 
 def test_quickstart_config_validates_as_a_run() -> None:

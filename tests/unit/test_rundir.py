@@ -202,3 +202,77 @@ def test_large_files_are_fingerprinted_by_size_mtime_and_ends(tmp_path):
 def test_new_run_dir(tmp_path):
     assert new_run_dir(tmp_path, "exp") == tmp_path / "exp" and (tmp_path / "exp").is_dir()
     assert new_run_dir(tmp_path).parent == tmp_path
+
+
+# --- the stage runner ---------------------------------------------------------------------------------
+
+
+def _stage(tmp_path: Path, config: dict | None = None) -> "Stage":
+    from edray.rundir import Stage
+
+    src = tmp_path / "input.txt"
+    if not src.exists():
+        src.write_text("rows")
+    return Stage(StageDir(tmp_path / "run", "select", round_index=0), config or {"budget": 10}, inputs=[src])
+
+
+def test_run_stage_skips_when_current_and_recomputes_on_force_or_change(tmp_path):
+    from edray.rundir import run_stage
+
+    calls: list[Path] = []
+
+    def compute(tmp: Path) -> None:
+        calls.append(tmp)
+        (tmp / "out.txt").write_text(str(len(calls)))
+
+    first = _stage(tmp_path)
+    assert not first.done()
+    path = run_stage(first, compute)
+    assert first.done() and (path / "out.txt").read_text() == "1" and (path / SUCCESS).exists()
+    # The pipeline asks a fresh Stage with the same identity, as it would in another process.
+    again = _stage(tmp_path)
+    assert again.done()
+    run_stage(again, compute)
+    assert len(calls) == 1
+    run_stage(_stage(tmp_path), compute, force=True)
+    assert len(calls) == 2
+    changed = _stage(tmp_path, {"budget": 11})
+    assert not changed.done()
+    run_stage(changed, compute)
+    assert len(calls) == 3 and (path / "out.txt").read_text() == "3"
+
+
+def test_run_stage_wall_time_is_the_stages_own_work(tmp_path):
+    """wall_s runs from the runner's start to the commit: within 10 % of the time around the call, and
+    none of what the process did before (start-up, imports: the sleep here)."""
+    from edray.rundir import run_stage
+
+    time.sleep(0.6)  # the process's own start-up, before the stage is called
+    t0 = time.perf_counter()
+    path = run_stage(_stage(tmp_path), lambda tmp: time.sleep(0.8))
+    around = time.perf_counter() - t0
+    manifest = json.loads((path / MANIFEST).read_text())
+    assert manifest["wall_s"] >= 0.8
+    assert abs(manifest["wall_s"] - around) <= 0.1 * around, (manifest["wall_s"], around)
+    assert manifest["finished_at"] - manifest["started_at"] == pytest.approx(manifest["wall_s"], abs=0.002)
+
+
+def test_run_stage_refuses_a_plan_that_cannot_fit_before_any_work(tmp_path, monkeypatch):
+    """A plan larger than the private cluster fails before Ray starts or compute runs, naming the fields."""
+    import ray
+
+    from edray.resources import Demand, ResourceError, ResourcePlan
+    from edray.rundir import run_stage
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("EDRAY_RAY_CPUS", "2")
+    assert not ray.is_initialized()
+    calls: list[Path] = []
+    plan = ResourcePlan("select", [Demand("embedder actors", 3, 1.0, fields=("embed.actors", "embed.num_cpus"))])
+    stage = _stage(tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(ResourceError) as err:
+        run_stage(stage, calls.append, plan=lambda shape: plan)
+    assert time.perf_counter() - t0 < 5
+    assert "embed.actors" in str(err.value) and "embed.num_cpus" in str(err.value) and "3 CPU" in str(err.value)
+    assert not calls and not stage.dir.path.exists() and not ray.is_initialized()
