@@ -24,8 +24,9 @@ from typing import IO, Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# soft_wrap: a path or a summary line is never broken across lines, so it can be copied or grepped.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 # Warnings from edray's own loggers matter to the user; everything else is for the log file.
 _HANDLER = RichHandler(console=console, show_time=False, show_path=False, markup=False, level=logging.WARNING)

@@ -267,7 +267,10 @@ def test_run_killed_mid_train_resumes_without_redoing_finished_stages(
     for stage in ALL_STAGES:
         manifest = json.loads((run_dir / stage / MANIFEST).read_text())
         assert (run_dir / stage / SUCCESS).is_file(), stage
-        assert manifest["fingerprint"] and manifest["finished_at"] >= manifest["started_at"], stage
+        assert manifest["fingerprint"], stage
+        # wall_s is the stage's whole work, from the runner's start: it covers what the stage timed inside.
+        assert manifest["wall_s"] == pytest.approx(manifest["finished_at"] - manifest["started_at"], abs=0.01), stage
+        assert manifest["wall_s"] >= manifest["metrics"].get("wall_s", 0.0), stage
     leftovers = [p for p in run_dir.rglob(".tmp-*")]
     assert not leftovers, f"temporary folders left in the run: {leftovers}"
     assert not list(ckpt_root.glob("train-*")), "the train stage kept its resumable checkpoints after committing"
@@ -275,6 +278,8 @@ def test_run_killed_mid_train_resumes_without_redoing_finished_stages(
     # --- finished stages were not redone ---------------------------------------------------------------
     for stage in EARLY_STAGES:
         assert _stage_stamp(run_dir / stage) == before[stage], f"{stage} was redone after the kill"
+    # The pipeline asked the stage runner whether the diagnosis was done, and so served no student for it.
+    assert re.search(r"round 0: diagnose the student done in [0-9.]+ s: up to date", output), _tail(log2)
 
     # --- training resumed from the checkpoint, each remaining step trained once -------------------------
     for train_dir, select_dir in [
