@@ -190,10 +190,3 @@ def run(config: WorldConfig, out: str | os.PathLike[str], force: bool = False, u
         return ResourcePlan("world", [Demand("generation tasks", 1, config.pool.num_cpus, fields=("pool.num_cpus",))])
 
     return run_stage(stage, compute, force=force, plan=plan if use_ray else None)
-    stage.clean_stale()
-    with stage.commit(config, fp) as tmp:
-        stage.metrics.update(write_pool(config, tmp) if use_ray else write_pool_local(config, tmp))
-        stage.counts["pool"] = config.pool.pool_size
-        stage.counts.update(write_eval(config, tmp))
-        (tmp / WORLD_INFO).write_text(json.dumps(world_info(config), indent=2))
-    return stage.path

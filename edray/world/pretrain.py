@@ -411,54 +411,6 @@ def pretrain_student(cfg: PretrainConfig, out_dir: str | os.PathLike[str], force
     return run_stage(
         stage, compute, force=force, plan=lambda shape: workers_plan("pretrain", cfg.num_workers, cfg.cpus_per_worker)
     )
-    stage.clean_stale()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        # address="local": start a private instance rather than attach to another user's on this host.
-        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
-    started = time.time()
-    work = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-init-", dir=out.parent))
-    storage = cfg.storage_path or str(out.parent / f".tmp-{out.name}-ray")
-    try:
-        init = build_student(work / "init", cfg.student, world_texts(cfg.corpus_size, cfg.pool_seed))
-        trainer = TorchTrainer(
-            train_func,
-            train_loop_config={"pretrain": cfg.model_dump(mode="json"), "init": str(init)},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cfg.cpus_per_worker}
-            ),
-            run_config=ray.train.RunConfig(name=f"pretrain-{fp[:16]}", storage_path=storage),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"pretraining finished without a checkpoint under {storage}")
-        with result.checkpoint.as_directory() as d, stage.commit(cfg, fp) as tmp:
-            for child in Path(d).iterdir():
-                if child.is_file():
-                    shutil.copy2(child, tmp / child.name)
-            shutil.copy2(init / "student_config.json", tmp / "student_config.json")
-            export_for_vllm(tmp)
-            log = json.loads((tmp / PRETRAIN_LOG).read_text())
-            if cfg.eval_size > 0:
-                log["general_accuracy"] = _score_general(tmp, cfg)
-                (tmp / PRETRAIN_LOG).write_text(json.dumps(log, indent=2))
-                stage.metrics["general_accuracy"] = log["general_accuracy"]["per_skill"]
-            curve = log["curve"]
-            stage.counts.update({"rows": cfg.num_rows, "steps": cfg.steps})
-            stage.metrics.update(
-                {
-                    "first_loss": curve[0]["loss"],
-                    "final_loss": curve[-1]["loss"],
-                    "prepare_s": log["prepare_s"],
-                    "train_s": log["train_s"],
-                    "wall_s": round(time.time() - started, 2),
-                }
-            )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if cfg.storage_path is None:
-            shutil.rmtree(storage, ignore_errors=True)
-    return stage.path
 
 
 def _score_general(model_dir: Path, cfg: PretrainConfig) -> dict[str, Any]:
