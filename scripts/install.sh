@@ -16,6 +16,10 @@ VENV=${1:-.venv}
 PY=${PYTHON:-python3}
 LOCK=requirements/lock-cpu-py311.txt
 RESOLVE=${EDRAY_RESOLVE:-lock}
+if [ "$RESOLVE" != lock ] && [ "$RESOLVE" != fresh ]; then
+  echo "EDRAY_RESOLVE must be 'lock' (default) or 'fresh', not '$RESOLVE'" >&2
+  exit 2
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
@@ -34,10 +38,6 @@ case "$RESOLVE" in
     "$PIP" install -q --upgrade pip setuptools
     "$VENV/bin/python" -c "import torch" 2>/dev/null || "$PIP" install -q "$TORCH_SPEC"
     "$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" >"$CONSTRAINT"
-    ;;
-  *)
-    echo "EDRAY_RESOLVE must be 'lock' (default) or 'fresh', not '$RESOLVE'" >&2
-    exit 2
     ;;
 esac
 TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
