@@ -32,7 +32,7 @@ EDRAY = [sys.executable, "-m", "edray"]
 
 STUDENT = (
     "{image_size: 32, patch_size: 8, vision_hidden: 64, vision_layers: 1, vision_heads: 2, vision_ffn: 128, "
-    "text_hidden: 64, text_layers: 2, text_heads: 2, text_ffn: 128, max_length: 128}"
+    "text_hidden: 64, text_layers: 2, text_heads: 2, text_ffn: 128, max_length: 256}"
 )
 
 
