@@ -106,6 +106,8 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("step_text", pa.string(), nullable=True),
         pa.field("method", pa.string(), nullable=False),
         pa.field("margins", pa.list_(pa.float64()), nullable=True),
+        # How the option probabilities were read: choice, likelihood or top_logprobs (None: not read).
+        pa.field("prob_path", pa.string(), nullable=True),
         pa.field("skill", pa.string(), nullable=True),
         pa.field("gap_id", pa.int32(), nullable=True),
         pa.field("teacher_raw", pa.string(), nullable=True),

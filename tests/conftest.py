@@ -30,6 +30,7 @@ pytest_plugins = [
     "tests.fixtures.pipeline",
     "tests.fixtures.evaluate",
     "tests.fixtures.train",
+    "tests.fixtures.teacher_llm",
 ]
 
 RAY_NUM_CPUS = int(os.environ.get("EDRAY_TEST_RAY_CPUS", "4"))
@@ -62,3 +63,21 @@ def ray_session():
 
 def has_executable(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` where no CUDA device is visible (they run unchanged where one is)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in gpu_items:
+        item.add_marker(skip)

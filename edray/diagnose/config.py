@@ -11,88 +11,20 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from edray.config import EdrayModel
+from edray.diagnose.prompts import (
+    DEFAULT_LOCATE_SYSTEM,
+    DEFAULT_LOCATE_TEMPLATE,
+    DEFAULT_PRIOR_TEMPLATE,
+    DEFAULT_SKILL_EXAMPLE_TEMPLATE,
+    DEFAULT_SKILL_EXAMPLES,
+    DEFAULT_SKILL_REJECT,
+    DEFAULT_SKILL_SYSTEM,
+    DEFAULT_SKILL_TEMPLATE,
+    DEFAULT_STUDENT_TEMPLATES,
+    DEFAULT_VERDICT_SYSTEM,
+    DEFAULT_VERDICT_TEMPLATE,
+)
 from edray.serve.config import ClientConfig
-
-DEFAULT_STUDENT_TEMPLATES = {
-    "default": (
-        "{question}\n{options}\n"
-        "Think step by step. Write each step on its own line as 'Step 1: ...', 'Step 2: ...', "
-        "then the final answer on a last line as 'Answer: ...'."
-    ),
-    "llava": (
-        "{question}\n{options}\n"
-        "Answer by reasoning in numbered steps ('Step 1:', 'Step 2:', ...) and end with 'Answer:' "
-        "followed by your final answer."
-    ),
-    # Questions that already list their options and whose model was trained to answer in steps (the
-    # skills world's student knows only the world's vocabulary): the question alone.
-    "plain": "{question}",
-    "qwen": (
-        "{question}\n{options}\n"
-        "Solve this step by step. Number the steps as 'Step 1:', 'Step 2:', ... and finish with a line "
-        "'Answer: <your answer>'."
-    ),
-}
-
-# The teacher prompts follow the wording documented in docs/diagnose.md, which any chat model answers as
-# is (and which the skills world's teacher reads back).
-DEFAULT_LOCATE_SYSTEM = (
-    "You are a careful judge of visual reasoning. You see an image, a multiple-choice question and "
-    "a student's reasoning so far. Decide which option is correct given the image and the reasoning."
-)
-DEFAULT_LOCATE_TEMPLATE = (
-    "Question: {question}\n"
-    "Options:\n{options}\n"
-    "Hint: {prior}\n"
-    "Reasoning so far:\n{steps}\n"
-    "Which option is correct? Reply with the option letter only."
-)
-DEFAULT_PRIOR_TEMPLATE = "option {letter} has a {percent}% chance of being right."
-
-DEFAULT_VERDICT_SYSTEM = (
-    "You are a careful judge of visual reasoning. You see an image, a question with its correct answer "
-    "and a student's reasoning. Judge whether the last step shown is correct."
-)
-DEFAULT_VERDICT_TEMPLATE = (
-    "Question: {question}\n"
-    "Correct answer: {gold}\n"
-    "Reasoning so far:\n{steps}\n"
-    "Is step {step_index} correct? Reply yes or no."
-)
-
-DEFAULT_SKILL_SYSTEM = (
-    "You diagnose a student's mistakes on visual questions. Given a question, its correct answer and "
-    "the first erroneous step of the student's reasoning, name the one visual skill the student is "
-    "missing, as a short phrase.\n\n{examples}"
-)
-DEFAULT_SKILL_TEMPLATE = (
-    "Question: {question}\n"
-    "Correct answer: {gold}\n"
-    "Erroneous step: {step}\n"
-    "Which skill is the student missing? Reply with a short phrase."
-)
-DEFAULT_SKILL_EXAMPLE_TEMPLATE = "Question: {question}\nCorrect answer: {gold}\nErroneous step: {step}\nSkill: {skill}"
-DEFAULT_SKILL_EXAMPLES = [
-    {
-        "question": "What does the sign say?",
-        "gold": "stop",
-        "step": "The sign says slow.",
-        "skill": "reading text in images",
-    },
-    {
-        "question": "How many birds are on the wire?",
-        "gold": "3",
-        "step": "There are 5 birds on the wire.",
-        "skill": "counting objects",
-    },
-    {
-        "question": "Is the cup to the left of the plate?",
-        "gold": "no",
-        "step": "The cup is on the left side.",
-        "skill": "spatial relations",
-    },
-]
-
 
 class PromptConfig(EdrayModel):
     """The student's prompt: one template per model family (shared by diagnose and evaluate, so the
@@ -171,6 +103,14 @@ class LocateConfig(EdrayModel):
         description="Per-step 'is this step correct?' prompt (ask_per_step); fields {question}, {gold}, {steps} "
         "(steps 1..k), {previous} (steps before k), {step} (step k), {step_index} (k).",
     )
+    probabilities: Literal["auto", "choice", "likelihood", "top_logprobs"] = Field(
+        "auto",
+        description="How P(option) is read after each prefix: choice (the reply constrained to the option "
+        "letters, vLLM structured outputs; its logprobs), likelihood (each option letter scored as the "
+        "continuation of the prompt, vLLM prompt_logprobs; one request per option), top_logprobs (the "
+        "alternatives of a free reply's first tokens); auto: the first of these the endpoint offers, "
+        "probed once.",
+    )
     top_logprobs: int = Field(5, ge=2, le=20, description="Alternatives read per generated token.")
     max_tokens: int = Field(1, ge=1, le=64, description="Tokens generated per answer-switch query.")
     verdict_max_tokens: int = Field(4, ge=1, le=64, description="Tokens generated per verdict query.")
@@ -200,13 +140,7 @@ class SkillConfig(EdrayModel):
     )
     max_words: int = Field(8, ge=1, le=64, description="Longest skill phrase kept (extra words dropped).")
     reject: list[str] = Field(
-        default_factory=lambda: [
-            r"^(i|i'm|i am|sorry|as an)\b",
-            r"\bnot sure\b",
-            r"\?$",
-            r"^the (image|picture|photo) (shows|contains|has)\b",
-            r"^[{\[]",
-        ],
+        default_factory=lambda: list(DEFAULT_SKILL_REJECT),
         description="Regular expressions (case-insensitive) of replies that are not skill phrases (hedges, "
         "questions, descriptions, broken JSON); such a reply counts as unreadable and is re-asked.",
     )
@@ -223,6 +157,12 @@ class SkillConfig(EdrayModel):
                 raise ValueError(f"reject pattern {pattern!r} is not a regular expression: {exc}") from None
         return value
     max_tokens: int = Field(32, ge=1, le=512, description="Tokens generated per skill query.")
+    structured: Literal["auto", "json_schema", "text"] = Field(
+        "auto",
+        description="json_schema: ask for {\"skill\": <short lower-case phrase>} as a JSON-schema response_format; "
+        "text: free text, from which a short noun phrase is extracted (sentences about the student are "
+        "rejected); auto: json_schema when the endpoint enforces schemas (probed once), else text.",
+    )
 
     @model_validator(mode="after")
     def _examples_complete(self) -> "SkillConfig":
@@ -274,6 +214,14 @@ class DiagnoseConfig(EdrayModel):
     )
     cache: bool = Field(
         True, description="Cache model replies under <run-dir>/cache for clients that set no cache_dir."
+    )
+    max_failure_share: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Stop with an error when more than this share of the answers (student calls) or of the "
+        "errors (teacher calls) failed or came back unusable; what succeeded stays in the response cache, "
+        "so a re-run pays only for the rest. 1 never stops.",
     )
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Answer scoring.")
     locate: LocateConfig = Field(default_factory=LocateConfig, description="Mistake identification.")

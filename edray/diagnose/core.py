@@ -6,7 +6,6 @@ around the model client.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edray.diagnose.locate import Options
+from edray.diagnose.prompts import parse_skill  # noqa: F401 - the skill reply's parser, re-exported
 from edray.diagnose.scoring import LETTERS
 from edray.schemas import IMAGE_PLACEHOLDER
 
@@ -193,45 +193,6 @@ def render_skill_prompt(
 
 def _one_line(text: str) -> str:
     return " ".join(strip_images(text).split())
-
-
-_SKILL_PREFIX = re.compile(r"^\s*(?:[-*#>\d.)\s]*)(?:the\s+)?(?:missing\s+)?skill\s*(?:missing)?\s*[:：\-–]\s*", re.I)
-
-
-def parse_skill(text: str | None, max_words: int, reject: Sequence[str] = ()) -> str | None:
-    """The missing-skill phrase from the teacher's reply, or ``None`` when there is none.
-
-    Takes the ``skill`` of a JSON reply, else the line after a ``Skill:`` label if there is one, else the
-    first non-empty line; drops quotes, list markers, markdown and a trailing period; keeps at most
-    ``max_words`` words. A phrase matching one of the ``reject`` regular expressions (hedges, questions)
-    is no phrase.
-    """
-    if not text:
-        return None
-    stripped = str(text).strip()
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError:
-            data = None
-        value = data.get("skill", data.get("skills")) if isinstance(data, dict) else None
-        if isinstance(value, list):
-            value = value[0] if value else None
-        text = value if isinstance(value, str) else None
-        if not text:
-            return None
-    lines = [ln for ln in str(text).replace("\r", "").split("\n") if ln.strip()]
-    chosen = next((ln for ln in lines if _SKILL_PREFIX.match(ln)), lines[0] if lines else "")
-    phrase = _SKILL_PREFIX.sub("", chosen)
-    phrase = re.sub(r"[*_`\"“”]", "", phrase).strip().strip("'").strip()
-    phrase = re.sub(r"^[-*>\s]+", "", phrase).strip()
-    if any(re.search(p, phrase, re.IGNORECASE) for p in reject):
-        return None
-    phrase = phrase.rstrip(" .;:,!").strip()
-    words = phrase.split()
-    if not words:
-        return None
-    return " ".join(words[:max_words])
 
 
 def _fill(template: str, fields: dict[str, str]) -> str:

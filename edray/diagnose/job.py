@@ -15,8 +15,10 @@ Run it with::
 
     edray diagnose --config jobs/diagnose.yaml --run-dir runs/x [--set locate.delta=0.1] [--force]
 
-Nothing the teacher returns can stop the stage: a request that still fails after the client's retries, or
-a reply that cannot be read, is recorded in the error's ``failure`` column and the run goes on.
+A request that still fails after the client's retries, or a reply that cannot be read, is recorded in the
+error's ``failure`` column. When more than ``max_failure_share`` of the answers or errors fail, the stage
+stops with :class:`~edray.budget.FailureBudgetExceeded` (the share, the commonest reasons, what to
+change); the replies that worked stay in the response cache, so a re-run pays only for the rest.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edray.aio import run_sync
-from edray.diagnose import core, locate
+from edray.diagnose import core, locate, prompts
 from edray.diagnose.config import DiagnoseConfig
 from edray.diagnose.scoring import score_answer
 from edray.data.readers import EVAL_REQUIRED_COLUMNS as REQUIRED_COLUMNS
@@ -46,6 +48,8 @@ from edray.serve.config import ClientConfig
 log = logging.getLogger(__name__)
 
 STAGE = "diagnose"
+# Re-asks of an unreadable reply are sampled: a greedy model would repeat itself.
+REASK_TEMPERATURE = 0.7
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -80,6 +84,7 @@ class Reply:
     text: str | None
     tokens: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
     failure: str | None = None
+    prompt_logprobs: list[tuple[str, float | None]] = field(default_factory=list)
 
 
 def _payload(
@@ -118,7 +123,7 @@ def _to_reply(result: Any) -> Reply:
         status = f", status {result.status}" if result.status is not None else ""
         return Reply(None, failure=f"{result.reason} (after {result.attempts} attempts{status})")
     tokens = [(t.token, t.logprob, [(a, v) for a, v in t.top]) for t in result.logprobs or []]
-    return Reply(result.text, tokens)
+    return Reply(result.text, tokens, prompt_logprobs=list(getattr(result, "prompt_logprobs", None) or []))
 
 
 async def _ask(client: Any, payloads: list[dict[str, Any]]) -> list[Reply]:
@@ -186,6 +191,7 @@ class ErrorCase:
     options: locate.Options | None = None
     located: locate.Located | None = None
     margins: list[float] | None = None
+    prob_path: str | None = None
     skill: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -198,21 +204,33 @@ class ErrorCase:
 async def _ask_until_readable(
     teacher: Any, payloads: list[dict[str, Any]], readers: Sequence[Any], retries: int
 ) -> list[tuple[Reply, Any]]:
-    """Ask; re-ask every reply its reader cannot parse, up to ``retries`` times, with another seed so that
-    neither the response cache nor a deterministic server repeats the same unreadable reply.
+    """Ask; re-ask every reply its reader cannot parse, up to ``retries`` times, sampled (temperature
+    :data:`REASK_TEMPERATURE`) with another seed, so that neither the response cache nor a greedy model
+    repeats the same unreadable reply. Unusable replies are dropped from the response cache, so that a
+    re-run asks again.
 
     Returns:
         ``(last reply, parsed value or None)`` per payload.
     """
     replies = await _ask(teacher, payloads)
     parsed = [readers[i](r) if r.failure is None else None for i, r in enumerate(replies)]
+    asked = list(payloads)
+    unusable = [i for i, (r, p) in enumerate(zip(replies, parsed)) if p is None and r.failure is None]
     for attempt in range(1, retries + 1):
         again = [i for i, (r, p) in enumerate(zip(replies, parsed)) if p is None and r.failure is None]
         if not again:
             break
-        new = await _ask(teacher, [{**payloads[i], "seed": attempt} for i in again])
+        for i in again:
+            asked[i] = {**payloads[i], "seed": attempt, "temperature": REASK_TEMPERATURE}
+        new = await _ask(teacher, [asked[i] for i in again])
         for i, r in zip(again, new):
             replies[i], parsed[i] = r, (readers[i](r) if r.failure is None else None)
+    forget = getattr(teacher, "forget", None)
+    if forget is not None:
+        for i in unusable:
+            forget(payloads[i])
+            if parsed[i] is None and asked[i] is not payloads[i]:
+                forget(asked[i])
     return list(zip(replies, parsed))
 
 
@@ -234,23 +252,27 @@ async def locate_errors(teacher: Any, cases: list[ErrorCase], config: DiagnoseCo
     if lc.method == "ask_per_step":
         await _locate_per_step(teacher, cases, config)
         return
-    jobs: list[tuple[int, int]] = []
+    path = await probability_path(teacher, lc.probabilities)
+    jobs: list[tuple[int, int, int | None]] = []
     payloads: list[dict[str, Any]] = []
+    readers: list[Any] = []
     for ci, case in enumerate(cases):
         if case.options is None or not case.steps:
             continue
+        letters = case.options.letters
         for n in range(len(case.steps) + 1):
             text = core.render_locate_prompt(
                 lc.template, _teacher_question(case), case.options, case.steps[:n], lc.prior_strength, lc.prior_template
             )
-            jobs.append((ci, n))
-            payloads.append(_teacher_payload(config, text, case.row, lc.max_tokens, lc.top_logprobs, lc.system))
-    letters_of = [c.options.letters if c.options else () for c in cases]
-    readers = [lambda r, letters=letters_of[ci]: locate.option_probs(r.tokens, letters) for ci, _ in jobs]
+            base = _teacher_payload(config, text, case.row, lc.max_tokens, lc.top_logprobs, lc.system)
+            for k, payload, reader in _probability_requests(path, base, letters, lc.top_logprobs):
+                jobs.append((ci, n, k))
+                payloads.append(payload)
+                readers.append(reader)
     results = await _ask_until_readable(teacher, payloads, readers, config.malformed_retries)
-    per_case: dict[int, dict[int, tuple[Reply, Any]]] = {}
-    for (ci, n), res in zip(jobs, results):
-        per_case.setdefault(ci, {})[n] = res
+    per_case: dict[int, dict[int, list[tuple[Reply, Any]]]] = {}
+    for (ci, n, _k), res in zip(jobs, results):
+        per_case.setdefault(ci, {}).setdefault(n, []).append(res)
     for ci, case in enumerate(cases):
         if case.options is None:
             case.located = locate.Located(None, "failed")
@@ -259,15 +281,26 @@ async def locate_errors(teacher: Any, cases: list[ErrorCase], config: DiagnoseCo
             case.located = locate.Located(None, locate.NO_STEPS)
             continue
         got = per_case.get(ci, {})
-        case.raw["locate"] = [got[n][0].text for n in sorted(got)]
+        case.prob_path = path
+        case.raw["locate"] = [[r.text for r, _ in got[n]] if path == "likelihood" else got[n][0][0].text for n in sorted(got)]
         probs = []
         for n in sorted(got):
-            reply, p = got[n]
-            if p is None:
+            replies = got[n]
+            bad = next(((r, p) for r, p in replies if p is None), None)
+            if bad is not None:
+                reply = bad[0]
                 case.failures.append(
-                    f"locate prefix {n}: " + (reply.failure or f"no option letter in reply {str(reply.text)[:80]!r}")
+                    f"locate prefix {n} ({path}): "
+                    + (reply.failure or f"no option probabilities in reply {str(reply.text)[:80]!r}")
                 )
-            probs.append(p)
+                probs.append(None)
+            elif path == "likelihood":
+                p = locate.likelihood_probs([v for _, v in replies])
+                if p is None:
+                    case.failures.append(f"locate prefix {n} (likelihood): the options share every scored token")
+                probs.append(p)
+            else:
+                probs.append(replies[0][1])
         if any(p is None for p in probs):
             case.located = locate.Located(None, "failed")
             continue
@@ -275,6 +308,43 @@ async def locate_errors(teacher: Any, cases: list[ErrorCase], config: DiagnoseCo
         case.located = locate.locate_answer_switch(
             case.margins, lc.delta, lc.consecutive, fallback=lc.fallback, run_may_end=lc.run_may_end
         )
+
+
+async def probability_path(teacher: Any, wanted: str) -> str:
+    """The path that reads option probabilities: ``wanted``, or for ``auto`` the best the teacher offers
+    (constrained choice, then option likelihood, then a free reply's top_logprobs), probed once."""
+    if wanted != "auto":
+        return wanted
+    supports = getattr(teacher, "supports", None)
+    if supports is not None:
+        for path in ("choice", "likelihood"):
+            if await supports(path):
+                return path
+    return "top_logprobs"
+
+
+def _probability_requests(
+    path: str, base: dict[str, Any], letters: Sequence[str], top_logprobs: int
+) -> list[tuple[int | None, dict[str, Any], Any]]:
+    """The requests of one prefix on a probability path, each with its reader: ``(option or None, payload, reader)``."""
+    if path == "likelihood":
+        out = []
+        for k, letter in enumerate(letters):
+            payload = {key: v for key, v in base.items() if key not in ("logprobs", "top_logprobs")}
+            payload.update(
+                messages=[*base["messages"], {"role": "assistant", "content": letter}],
+                max_tokens=1,
+                extra_body={"add_generation_prompt": False, "continue_final_message": True, "prompt_logprobs": 0},
+            )
+            out.append((k, payload, lambda r: r.prompt_logprobs or None))
+        return out
+    payload = dict(base)
+    if path == "choice":
+        payload.update(
+            max_tokens=1, logprobs=True, top_logprobs=min(20, max(top_logprobs, len(letters))),
+            extra_body={"structured_outputs": {"choice": list(letters)}},
+        )
+    return [(None, payload, lambda r, letters=tuple(letters): locate.option_probs(r.tokens, letters))]
 
 
 async def _locate_per_step(teacher: Any, cases: list[ErrorCase], config: DiagnoseConfig) -> None:
@@ -320,16 +390,25 @@ def _teacher_payload(
 
 
 async def analyze_skills(teacher: Any, cases: list[ErrorCase], config: DiagnoseConfig) -> None:
-    """Step 3: one missing-skill phrase per located error (few-shot prompt)."""
+    """Step 3: one missing-skill phrase per located error (few-shot prompt), as JSON following
+    :data:`~edray.diagnose.prompts.SKILL_SCHEMA` where the endpoint enforces schemas, else free text."""
     sc = config.skill
     todo = [c for c in cases if c.located is not None and c.located.step is not None]
+    if not todo:
+        return
+    structured = sc.structured == "json_schema"
+    if sc.structured == "auto" and getattr(teacher, "supports", None) is not None:
+        structured = await teacher.supports("json_schema")
     payloads = []
     for case in todo:
         system, text = core.render_skill_prompt(
             sc.system, sc.template, sc.example_template, sc.examples, _teacher_question(case),
             _gold_text(case), case.steps[case.located.step - 1],
         )
-        payloads.append(_teacher_payload(config, text, case.row, sc.max_tokens, 0, system, with_images=sc.with_images))
+        payload = _teacher_payload(config, text, case.row, sc.max_tokens, 0, system, with_images=sc.with_images)
+        if structured:
+            payload["response_format"] = prompts.json_schema_format("skill", prompts.SKILL_SCHEMA)
+        payloads.append(payload)
     readers = [lambda r: core.parse_skill(r.text, sc.max_words, sc.reject)] * len(payloads)
     results = await _ask_until_readable(teacher, payloads, readers, config.malformed_retries)
     for case, (reply, skill) in zip(todo, results):
@@ -383,6 +462,7 @@ def error_rows(cases: list[ErrorCase], round_index: int, error_id: Any) -> pa.Ta
                 "step_text": step_text,
                 "method": located.method,
                 "margins": c.margins,
+                "prob_path": c.prob_path,
                 "skill": c.skill,
                 "gap_id": c.raw.get("gap_id"),
                 "teacher_raw": json.dumps({k: v for k, v in c.raw.items() if k != "gap_id"}, ensure_ascii=False),
@@ -469,6 +549,7 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
             # Not a bad record but a broken setup (wrong endpoint, key, model name or token budget): committing
             # a diagnosis without a single answer would hand select an empty error set.
             raise RuntimeError(f"diagnose: every student call failed; first failure: {failed[0]['failure']}")
+        check_budget(answers, cases, config)
         gaps = find_gaps(cases, config, error_id)
         pq.write_table(pa.Table.from_pylist(answers, schema=ANSWERS_SCHEMA), tmp / ANSWERS)
         pq.write_table(error_rows(cases, config.round, error_id), tmp / ERRORS)
@@ -492,6 +573,7 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
             {
                 "accuracy": (sum(a["correct"] for a in answers) / len(answers)) if answers else 0.0,
                 "methods": methods,
+                "prob_paths": _tally(c.prob_path for c in cases if c.prob_path),
                 "wall_s": round(time.time() - started, 3),
                 "student_calls": _stats(student),
                 "teacher_calls": _stats(teacher),
@@ -500,6 +582,38 @@ def run(config: DiagnoseConfig, run_dir: str | Path, force: bool = False, studen
 
     return run_stage(st, compute, force=force)
 
+
+
+def check_budget(answers: list[dict[str, Any]], cases: list[ErrorCase], config: DiagnoseConfig) -> None:
+    """Stop when too many student answers, or too many errors' teacher calls, failed or were unusable.
+
+    Raises:
+        FailureBudgetExceeded: over ``config.max_failure_share``; the replies that worked stay in the
+            response cache, so a re-run pays only for the rest.
+    """
+    from edray.budget import check_failure_budget
+
+    share = config.max_failure_share
+    check_failure_budget(
+        STAGE, "student answers", len(answers), [(a["id"], a["failure"]) for a in answers if a["failure"]], share,
+        "check student.client (base_url, model, api key, timeout_s) and student.max_tokens; "
+        "raise max_failure_share to accept more failures (1 never stops).",
+    )
+    check_failure_budget(
+        STAGE, "errors (teacher calls)", len(cases), [(c.answer["id"], "; ".join(c.failures)) for c in cases if c.failures],
+        share,
+        "check teacher (base_url, model, api key, timeout_s); if replies carry no option probabilities, serve the "
+        "teacher with vLLM and set locate.probabilities to choice or likelihood; if skill replies are unusable, set "
+        "skill.structured=json_schema on an endpoint that enforces JSON schemas or rewrite skill.template; raise "
+        "malformed_retries, or max_failure_share to accept more failures (1 never stops).",
+    )
+
+
+def _tally(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
 
 
 def _stats(client: Any) -> dict[str, int]:

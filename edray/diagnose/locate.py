@@ -1,8 +1,13 @@
 """Locating the first erroneous step of a wrong answer (docs/method.md §1 step 2, "answer switch").
 
-Pure functions, no I/O. The job asks the teacher, after each prefix of the student's steps, for the
-answer letter and reads the log-probabilities of the option letters; :func:`option_probs` turns them into
-a distribution over the options, :func:`locate_answer_switch` applies the rule:
+Pure functions, no I/O. The job asks the teacher, after each prefix of the student's steps, for its
+distribution over the option letters, by one of three paths (:data:`PROB_PATHS`, best first):
+
+- ``choice``: the reply constrained to the letters; :func:`option_probs` reads its first token's logprobs;
+- ``likelihood``: each letter scored as the continuation of the prompt; :func:`likelihood_probs`;
+- ``top_logprobs``: a free reply; :func:`option_probs` reads the letters among its tokens' alternatives.
+
+:func:`locate_answer_switch` then applies the rule:
 
     the erroneous step is the first step i after which P(student's wrong answer) − P(gold) > δ, and the
     difference stays above δ for λ consecutive steps (i, i+1, …, i+λ−1).
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 
 from edray.diagnose.scoring import LETTERS, choice_index, normalize_text
 
+PROB_PATHS = ("choice", "likelihood", "top_logprobs")
 ANSWER_SWITCH = "answer_switch"
 RANDOM = "random"
 ASK_PER_STEP = "ask_per_step"
@@ -122,22 +128,23 @@ def option_probs(
 ) -> list[float] | None:
     """The teacher's distribution over the options, from the log-probabilities of the option letters.
 
-    The answer position is the first generated token that is an option letter; its top alternatives give
-    the letters' probabilities (several spellings of one letter are summed), renormalized over the options.
-    Letters absent from the alternatives get probability 0.
+    The answer position is the first generated token that is an option letter, else (a free reply that
+    starts "Step..." or "The answer...") the first position whose alternatives hold an option letter; its
+    top alternatives give the letters' probabilities (several spellings of one letter are summed),
+    renormalized over the options. Letters absent from the alternatives get probability 0.
 
     Args:
         tokens: generated tokens as ``(token, logprob, [(alternative, logprob), ...])``.
         letters: the option letters (``A``, ``B``, …).
 
     Returns:
-        One probability per option, summing to 1, or ``None`` when no token is an option letter or no
-        option letter has positive mass (the caller records this as malformed teacher output).
+        One probability per option, summing to 1, or ``None`` when no position offers an option letter or
+        no option letter has positive mass (the caller records this as malformed teacher output).
     """
     wanted = set(letters)
-    for token, logprob, top in tokens:
-        if token_letter(token) not in wanted:
-            continue
+    chosen = [t for t in tokens if token_letter(t[0]) in wanted]
+    offered = [t for t in tokens if any(token_letter(alt) in wanted for alt, _ in t[2])]
+    for token, logprob, top in (chosen or offered)[:1]:
         mass = {letter: 0.0 for letter in letters}
         seen: set[str] = set()
         for alt, lp in list(top) + [(token, logprob)]:
@@ -150,6 +157,38 @@ def option_probs(
             return None
         return [mass[letter] / total for letter in letters]
     return None
+
+
+def likelihood_probs(scored: Sequence[Sequence[tuple[str, float | None]]]) -> list[float] | None:
+    """The options' distribution from the log-likelihood of each option as the continuation of one prompt.
+
+    Each request was the same prompt followed by one option letter as the assistant's reply; its prompt
+    tokens come back as ``(token id, logprob)``. The tokens after the longest common prefix are the
+    option's; their summed log-probabilities, softmaxed over the options, are the distribution (how
+    lm-eval-harness scores multiple choice).
+
+    Args:
+        scored: per option, in letter order, the prompt tokens with their logprobs.
+
+    Returns:
+        One probability per option, or ``None`` when an option has no scored token of its own.
+    """
+    if len(scored) < 2:
+        return None
+    ids = [[t for t, _ in s] for s in scored]
+    common = 0
+    while common < min(map(len, ids)) and all(x[common] == ids[0][common] for x in ids):
+        common += 1
+    totals = []
+    for s in scored:
+        tail = s[common:]
+        if not tail or any(lp is None or not math.isfinite(lp) for _, lp in tail):
+            return None
+        totals.append(sum(lp for _, lp in tail))  # type: ignore[misc]
+    top = max(totals)
+    weights = [math.exp(v - top) for v in totals]
+    z = sum(weights)
+    return [w / z for w in weights]
 
 
 def switch_margins(probs: Sequence[Sequence[float]], options: Options) -> list[float]:

@@ -5,16 +5,18 @@ Every field is typed, described and bounded; ``edray config show index`` prints 
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
 from edray.config import EdrayModel
 from edray.data.config import ReadConfig
-from edray.world.config import TeacherConfig
+from edray.index.prompts import ANNOTATION_QUESTION, ANNOTATION_SYSTEM
 
 EmbedText = Literal["skill", "instruction", "instruction_answer"]
-AnnotateBackend = Literal["world", "http", "vllm"]
+AnnotateBackend = Literal["http", "engine", "vllm"]
+# The skills world's teacher, by import path (the index never imports the world).
+WORLD_TEACHER_ENGINE = "edray.world.teacher:WorldTeacher"
 PayloadMode = Literal["inline", "reference"]
 VectorIndexType = Literal["auto", "none", "IVF_SQ", "IVF_HNSW_SQ", "IVF_FLAT"]
 Metric = Literal["cosine", "l2", "dot"]
@@ -24,9 +26,11 @@ class AnnotateConfig(EdrayModel):
     """How the teacher writes the skill(s) each supporting sample exercises (docs/method.md section 1, step 4)."""
 
     backend: AnnotateBackend = Field(
-        "world",
-        description="world: the skills world's teacher, in process; http: any OpenAI-compatible endpoint "
-        "through edray's model client; vllm: ray.data.llm with a vLLM engine per GPU actor (needs GPUs).",
+        "http",
+        description="http: the OpenAI-compatible endpoint at base_url, through edray's model client; engine: an "
+        "engine in each annotator's process, loaded by import path from `engine` (the same client, retries "
+        "and parsing); vllm: ray.data.llm with a vLLM engine per GPU actor (needs GPUs). `world` is kept as "
+        "the alias of engine with the skills world's teacher.",
     )
     model: str = Field(
         "world-teacher",
@@ -34,10 +38,21 @@ class AnnotateConfig(EdrayModel):
         max_length=512,
         description="Teacher model name sent with each request (http), or the model path/id that vLLM loads (vllm).",
     )
-    base_url: Optional[str] = Field(
-        None,
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        min_length=1,
         max_length=2048,
-        description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (http backend only).",
+        description="OpenAI-compatible base URL (http backend), e.g. the teacher that `edray serve` runs.",
+    )
+    engine: Optional[str] = Field(
+        None,
+        max_length=512,
+        description="engine backend: import path 'package.module:attribute' of the engine, built as "
+        "attribute(model, **engine_options), e.g. edray.world.teacher:WorldTeacher.",
+    )
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="engine backend: keyword arguments of the engine (the world teacher: seed, noise...).",
     )
     api_key_env: str = Field(
         "EDRAY_API_KEY",
@@ -53,6 +68,24 @@ class AnnotateConfig(EdrayModel):
         description="Version of the annotation prompt; part of the cache key, so changing it re-annotates.",
     )
     max_skills: int = Field(3, ge=1, le=16, description="Most skills kept per sample.")
+    max_words: int = Field(8, ge=1, le=64, description="Most words per skill phrase (a longer reply is cut to its phrase).")
+    system: str = Field(ANNOTATION_SYSTEM, description="System message of the annotation prompt.")
+    question: str = Field(
+        ANNOTATION_QUESTION, min_length=1, description="Last line of the annotation prompt (after Instruction: and Answer:)."
+    )
+    structured: Literal["auto", "json_schema", "text"] = Field(
+        "auto",
+        description="json_schema: ask for {\"skills\": [short phrases]} as a JSON-schema response_format; text: free "
+        "text, from which short phrases are extracted; auto: json_schema when the endpoint enforces schemas "
+        "(probed once per annotator), else text.",
+    )
+    max_failure_share: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Stop with an error when more than this share of the rows sent to the teacher failed or came "
+        "back unusable; annotated rows are committed and cached first, so a re-run pays only for the rest. 1 never stops.",
+    )
     max_tokens: int = Field(64, ge=1, le=4096, description="Largest teacher answer, in tokens.")
     concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight per annotator actor.")
     timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout, in seconds.")
@@ -66,20 +99,30 @@ class AnnotateConfig(EdrayModel):
         description="Reuse annotations from the persistent cache, keyed by the content hash of "
         "instruction + answer + teacher model + prompt version.",
     )
-    world_teacher: TeacherConfig = Field(
-        default_factory=TeacherConfig,
-        description="The in-process world teacher's settings (world backend): seed and simulated noise.",
-    )
     vllm_engine_kwargs: dict[str, object] = Field(
         default_factory=dict,
         description="Extra vLLM engine arguments (vllm backend), e.g. {max_model_len: 4096}.",
     )
     vllm_gpus_per_actor: int = Field(1, ge=1, le=16, description="GPUs per vLLM engine actor (tensor parallel size).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _world_alias(cls, data: Any) -> Any:
+        # Earlier configs said `backend: world` and `world_teacher: {...}`.
+        if isinstance(data, dict) and (data.get("backend") == "world" or "world_teacher" in data):
+            data = dict(data)
+            options = data.pop("world_teacher", None) or {}
+            data["backend"] = "engine"
+            data.setdefault("engine", WORLD_TEACHER_ENGINE)
+            data.setdefault("engine_options", options)
+        return data
+
     @model_validator(mode="after")
     def _backend_needs(self) -> "AnnotateConfig":
-        if self.backend == "http" and not self.base_url:
-            raise ValueError("annotate.backend=http needs annotate.base_url")
+        if self.backend == "http" and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("annotate.base_url must start with http:// or https://")
+        if self.backend == "engine" and not self.engine:
+            raise ValueError("annotate.backend=engine needs annotate.engine (an import path, e.g. " + WORLD_TEACHER_ENGINE + ")")
         return self
 
 

@@ -106,15 +106,17 @@ def annotation_key(instruction: str, answer: str, model: str, prompt_version: st
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
-def parse_skills(text: str, max_skills: int) -> list[str]:
-    """Parse the teacher's annotation reply into at most ``max_skills`` distinct skill phrases.
+def parse_skills(text: str, max_skills: int, max_words: int = 8) -> list[str]:
+    """Parse the teacher's annotation reply into at most ``max_skills`` distinct short skill phrases.
 
-    The reply format is the one ``edray.world.teacher_prompts`` asks for (``phrase; phrase`` or
-    ``{"skills": [...]}``); a JSON list, bullets and numbering are accepted too.
+    The reply format is the one :mod:`edray.index.prompts` asks for (``phrase; phrase`` or
+    ``{"skills": [...]}``); a JSON list, bullets, numbering and sentences that name a skill are
+    accepted too (:func:`edray.index.prompts.short_phrase`).
 
     Args:
         text: the teacher's answer.
         max_skills: the most skills kept.
+        max_words: the most words per phrase.
 
     Returns:
         The skills, lower-cased and stripped, in the teacher's order.
@@ -122,30 +124,9 @@ def parse_skills(text: str, max_skills: int) -> list[str]:
     Raises:
         ValueError: no skill could be read from the answer.
     """
-    from edray.world.teacher_prompts import parse_skill_reply
+    from edray.index.prompts import parse_annotation
 
-    stripped = (text or "").strip()
-    items: list[str] = []
-    if stripped.startswith("["):
-        try:
-            parsed = json.loads(stripped)
-        except json.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, list):
-            items = [str(x) for x in parsed if isinstance(x, (str, int, float))]
-    if not items:
-        items = parse_skill_reply(stripped)
-    out: list[str] = []
-    for item in items:
-        skill = re.sub(r"^\s*(?:[-*•]|\d+[.)]|skills?\s*:)\s*", "", item, flags=re.IGNORECASE)
-        skill = re.sub(r"\s+", " ", skill).strip().strip("\"'.").strip().lower()
-        if skill and skill not in out:
-            out.append(skill)
-        if len(out) >= max_skills:
-            break
-    if not out:
-        raise ValueError(f"no skill in the teacher's answer: {stripped[:200]!r}")
-    return out
+    return parse_annotation(text, max_skills, max_words)
 
 
 def skill_text(skills: Sequence[str]) -> str:

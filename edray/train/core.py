@@ -307,3 +307,30 @@ def global_grad_norm(parameters: Sequence[torch.Tensor]) -> float:
     if not norms:
         return 0.0
     return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor across the workers of the default process group, on the device its backend needs.
+
+    NCCL (Ray Train's backend when workers have GPUs) reduces only CUDA tensors and gloo only CPU ones;
+    bookkeeping tensors such as the loss accumulator live on the CPU in float64. The tensor is moved to
+    the backend's device, reduced, and returned on its own device. Outside a process group it is
+    returned unchanged.
+
+    Args:
+        tensor: the local values.
+
+    Returns:
+        The sum over workers, with ``tensor``'s device and dtype.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    if dist.get_backend() == "nccl":
+        target = torch.device("cuda", torch.cuda.current_device())
+    else:
+        target = torch.device("cpu")
+    moved = tensor.to(target)
+    dist.all_reduce(moved)
+    return moved.to(tensor.device)

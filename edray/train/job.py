@@ -289,10 +289,9 @@ def train_func(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    import torch.distributed as dist
     from safetensors.torch import load_file, save_file
 
-    from edray.train.core import answer_loss, collate_rows, global_grad_norm, layer_group, lr_factor
+    from edray.train.core import all_reduce_sum, answer_loss, collate_rows, global_grad_norm, layer_group, lr_factor
     from edray.train.spider import SpiderState
 
     cfg = TrainConfig.model_validate(loop_config["train"])
@@ -400,7 +399,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
             step += 1
             samples_seen += cfg.batch_size * cfg.grad_accum * world
             if world > 1:
-                dist.all_reduce(loss_acc)
+                loss_acc = all_reduce_sum(loss_acc)
             dt = time.perf_counter() - t0
             row: dict[str, Any] = {
                 "step": step,

@@ -55,6 +55,16 @@ class WorldTeacher:
         # Attempts seen per request, so that simulated faults are drawn per attempt (noise.per_attempt).
         self._attempts: dict[str, int] = {}
 
+    @classmethod
+    def from_options(cls, name: str, options: dict[str, object]) -> "WorldTeacher":
+        """The engine as serve and the model client load it by import path (``edray.world.teacher:WorldTeacher``).
+
+        Args:
+            name: the model name it answers to.
+            options: :class:`~edray.world.config.TeacherConfig` fields (seed, noise...).
+        """
+        return cls(TeacherConfig(**{**options, "model_id": name}))
+
     def model_ids(self) -> list[str]:
         """The one name this engine answers to."""
         return [self.config.model_id]

@@ -1,9 +1,10 @@
-"""The three prompts the pipeline sends a teacher, written out exactly, with their builders and parsers.
+"""The world teacher's side of the stages' prompts: builders of reference messages and the parsers that
+read a prompt back.
 
-These are ordinary chat prompts that a real teacher (GPT-4o-mini, a large open model behind vLLM)
-answers as they are; the world teacher (:mod:`edray.world.teacher`) parses the same text. Builders are
-what the diagnose and index stages call; the ``parse_*_prompt`` functions are what a teacher-side
-implementation needs; ``parse_*_reply`` turn a teacher's reply back into values.
+The prompts themselves belong to the stages (:mod:`edray.diagnose.prompts`, :mod:`edray.index.prompts`);
+the world speaks their protocol, so it imports them, never the reverse. They are ordinary chat prompts
+that a real teacher (GPT-4o-mini, a large open model behind vLLM) answers as they are; the world
+teacher (:mod:`edray.world.teacher`) reads the same text back with the ``parse_*_prompt`` functions.
 
 1. **Answer switch** (docs/method.md section 1, step 2), one request per prefix of the student's steps,
    with ``logprobs=True, top_logprobs=5, max_tokens=1`` and the image attached::
@@ -40,17 +41,29 @@ implementation needs; ``parse_*_reply`` turn a teacher's reply back into values.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edray.diagnose.prompts import DEFAULT_LOCATE_SYSTEM as ANSWER_SWITCH_SYSTEM
+from edray.index.prompts import ANNOTATION_QUESTION, ANNOTATION_SYSTEM, annotation_messages, parse_skill_reply
 from edray.schemas import IMAGE_PLACEHOLDER
 
-ANSWER_SWITCH_SYSTEM = (
-    "You are a careful judge of visual reasoning. You see an image, a multiple-choice question and "
-    "a student's reasoning so far. Decide which option is correct given the image and the reasoning."
-)
+__all__ = [
+    "ANNOTATION_QUESTION",
+    "ANNOTATION_SYSTEM",
+    "ANSWER_SWITCH_SYSTEM",
+    "annotation_messages",
+    "build_annotation_messages",
+    "build_answer_switch_messages",
+    "build_skill_messages",
+    "parse_annotation_prompt",
+    "parse_answer_switch_prompt",
+    "parse_skill_prompt",
+    "parse_skill_reply",
+    "parse_verdict_prompt",
+]
+
 ANSWER_SWITCH_QUESTION = "Which option is correct? Reply with the option letter only."
 
 SKILL_SYSTEM = (
@@ -65,15 +78,6 @@ SKILL_SYSTEM = (
     "Skill: spatial relations"
 )
 SKILL_QUESTION = "Which skill is the student missing? Reply with a short phrase."
-
-ANNOTATION_SYSTEM = (
-    "You label training samples of a visual instruction dataset with the skills they exercise. Use "
-    "short phrases such as 'counting objects', 'reading text in images', 'spatial relations'."
-)
-ANNOTATION_QUESTION = (
-    "Which skills does answering this instruction exercise? Reply with one or two short skill "
-    "phrases separated by semicolons."
-)
 
 # Parsers accept small variations (case, "Option B", a trailing period) so that prompts rendered from
 # a stage's own template (edray.diagnose's configurable templates) are understood too.
@@ -137,11 +141,6 @@ def build_skill_messages(question: str, correct_answer: str, erroneous_step: str
     return [{"role": "system", "content": SKILL_SYSTEM}, {"role": "user", "content": user}]
 
 
-def annotation_messages(instruction: str, answer: str) -> list[dict[str, str]]:
-    """Alias of :func:`build_annotation_messages` (the name the index stage imports)."""
-    return build_annotation_messages(instruction, answer)
-
-
 def build_annotation_messages(instruction: str, answer: str) -> list[dict[str, str]]:
     """Messages for annotating one supporting sample with its skills (docs/method.md step 4).
 
@@ -149,8 +148,7 @@ def build_annotation_messages(instruction: str, answer: str) -> list[dict[str, s
         instruction: the sample's user turn (image placeholders are removed).
         answer: the sample's assistant turn.
     """
-    user = "\n".join([f"Instruction: {_one_line(instruction)}", f"Answer: {_one_line(answer)}", ANNOTATION_QUESTION])
-    return [{"role": "system", "content": ANNOTATION_SYSTEM}, {"role": "user", "content": user}]
+    return annotation_messages(instruction, answer)
 
 
 def _one_line(text: str) -> str:
@@ -255,34 +253,3 @@ def parse_annotation_prompt(text: str) -> AnnotationPrompt | None:
     if i is None or a is None:
         return None
     return AnnotationPrompt(i, a)
-
-
-# --- reply parsers (pipeline side) ----------------------------------------------------------------
-
-
-def parse_option_letter(text: str, n_options: int) -> str | None:
-    """The option letter a reply gives (``"B"``, ``"B."``, ``"Option B"``), or ``None``."""
-    letters = "".join(chr(65 + i) for i in range(n_options))
-    m = re.search(rf"\b([{letters}])\b", text.strip())
-    return m.group(1) if m else None
-
-
-def parse_skill_reply(text: str) -> list[str]:
-    """Skill phrases from a skill-analysis or annotation reply (JSON or plain text).
-
-    Returns:
-        Phrases, stripped, lower-cased; empty when the reply holds none.
-    """
-    t = text.strip()
-    if t.startswith("{"):
-        try:
-            data = json.loads(t)
-        except json.JSONDecodeError:
-            return []
-        value = data.get("skills", data.get("skill")) if isinstance(data, dict) else None
-        items = value if isinstance(value, list) else [value] if isinstance(value, str) else []
-    else:
-        t = re.sub(r"^(skills?|missing skill)\s*:\s*", "", t, flags=re.IGNORECASE)
-        items = re.split(r"[;\n]", t)
-    out = [str(s).strip().strip(".").strip().lower() for s in items]
-    return [s for s in out if s and len(s) <= 80]

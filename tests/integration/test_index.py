@@ -26,7 +26,8 @@ def _config(pool: Path, **over: object) -> IndexConfig:
         "pool": str(pool),
         "progress_bars": False,
         "read": {"batch_rows": 100},
-        "annotate": {"actors": 1, "num_cpus": 0.25, "batch_size": 50},
+        "annotate": {"actors": 1, "num_cpus": 0.25, "batch_size": 50, "backend": "engine",
+                     "engine": "edray.world.teacher:WorldTeacher"},
         "embed": {"actors": 1, "num_cpus": 0.5, "batch_size": 64},
         "store": {"commit_rows": 200},
     }

@@ -39,7 +39,8 @@ def _config(pool: str) -> "IndexConfig":  # noqa: F821
             # A slightly slow teacher (20 ms a request, one at a time) spreads the run over several
             # commits, so the node can be killed between them.
             "annotate": {"actors": 1, "num_cpus": 0.25, "batch_size": 25, "concurrency": 1,
-                         "world_teacher": {"noise": {"slow": 1.0, "slow_seconds": 0.02}}},
+                         "backend": "engine", "engine": "edray.world.teacher:WorldTeacher",
+                         "engine_options": {"noise": {"slow": 1.0, "slow_seconds": 0.02}}},
             "embed": {"actors": 2, "num_cpus": 0.5, "batch_size": 25},
             "store": {"commit_rows": COMMIT_ROWS},
         }

@@ -10,11 +10,16 @@ import pytest
 
 from edray.index import core
 from edray.index.config import AnnotateConfig, EmbedConfig, IndexConfig
-from edray.index.job import EmbedPredictor, SkillAnnotator, _Writer
+from edray.index.annotate import SkillAnnotator
+from edray.index.job import EmbedPredictor, _Writer
 from edray.index.store import committed_ids, connect, lookup_cache, open_table
 from edray.schemas import QUARANTINE_SCHEMA
 from edray.world.pool import generate_support_rows, true_skills
 from edray.world.skills import skill_of_phrase
+
+
+# The skills world's teacher, in process, chosen explicitly (the default teacher is an HTTP endpoint).
+WORLD = {"backend": "engine", "engine": "edray.world.teacher:WorldTeacher"}
 
 
 def _stream(start: int, count: int, known: frozenset[str] = frozenset()) -> pa.Table:
@@ -27,14 +32,14 @@ def _stream(start: int, count: int, known: frozenset[str] = frozenset()) -> pa.T
 
 def test_annotator_writes_the_true_skills_and_records_failures(tmp_path) -> None:
     stream = _stream(0, 60)
-    ann = SkillAnnotator(AnnotateConfig(), str(tmp_path / "db"), {}, "annotation_cache")
+    ann = SkillAnnotator(AnnotateConfig(**WORLD), str(tmp_path / "db"), {}, "annotation_cache")
     out = ann(stream)
     assert out.num_rows == 60
     truth = [true_skills(r) for r in generate_support_rows(0, 0, 60).to_pylist()]
     for skills, want in zip(out.column("skills").to_pylist(), truth):
         assert {skill_of_phrase(s) for s in skills} == set(want)
     # Noisy teacher: malformed replies become recorded failures with a reason, never silent drops.
-    noisy = AnnotateConfig.model_validate({"world_teacher": {"noise": {"malformed": 0.5}}, "max_retries": 0})
+    noisy = AnnotateConfig.model_validate({**WORLD, "engine_options": {"noise": {"malformed": 0.5}}, "max_retries": 0})
     bad = SkillAnnotator(noisy, str(tmp_path / "db2"), {}, "annotation_cache")(stream)
     failed = bad.filter(pc.equal(bad.column("status"), core.STATUS_ANNOTATION_FAILED))
     assert 0 < failed.num_rows < 60
@@ -44,7 +49,7 @@ def test_annotator_writes_the_true_skills_and_records_failures(tmp_path) -> None
 
 def test_embedder_fills_vectors_only_for_new_rows() -> None:
     stream = _stream(0, 8, known=frozenset(generate_support_rows(0, 0, 3).column("id").to_pylist()))
-    stream = SkillAnnotator(AnnotateConfig(use_cache=False), "unused", {}, "c")(stream)
+    stream = SkillAnnotator(AnnotateConfig(**WORLD, use_cache=False), "unused", {}, "c")(stream)
     out = EmbedPredictor(EmbedConfig())(stream)
     vec = np.array(out.column("vector").to_pylist(), dtype=np.float32)
     status = out.column("status").to_pylist()
@@ -56,7 +61,7 @@ def test_embedder_fills_vectors_only_for_new_rows() -> None:
 
 
 def test_writer_commits_once_per_id_and_fills_the_cache(tmp_path) -> None:
-    cfg = IndexConfig.model_validate({"pool": "p", "store": {"commit_rows": 10}})
+    cfg = IndexConfig.model_validate({"pool": "p", "annotate": WORLD, "store": {"commit_rows": 10}})
     db = connect(str(tmp_path / "db"))
     ann = SkillAnnotator(cfg.annotate, str(tmp_path / "db"), {}, cfg.store.cache_table)
     emb = EmbedPredictor(cfg.embed)

@@ -109,7 +109,11 @@ def test_skill_prompt_and_parse() -> None:
     assert parse_skill('{"skill": "telling left from right"}', 8) == "telling left from right"
     assert parse_skill('{"skills": []}', 8) is None
     assert parse_skill("{not json", 8) is None  # broken JSON is malformed output: re-asked, then recorded
-    assert parse_skill("a b c d e f", 3) == "a b c"
+    assert parse_skill("counting small red objects in rows", 3) == "counting small red"
+    # Sentences about the student keep their skill phrase, or count as no phrase.
+    assert parse_skill("The student is missing the skill of identifying colours.", 8) == "identifying colours"
+    assert parse_skill("The student answered wrong because he cannot count.", 8) is None
+    assert parse_skill("Step", 8) is None
     assert parse_skill("   \n ", 5) is None
     assert parse_skill(None, 5) is None
 

@@ -12,12 +12,18 @@ from edray.index.search import filter_sql
 def test_defaults_and_overrides(tmp_path) -> None:
     cfg = load_config(IndexConfig, None, ["pool=data/pool", "embed.text=instruction", "store.commit_rows=10"])
     assert cfg.embed.text == "instruction" and cfg.store.commit_rows == 10
-    assert cfg.annotate.backend == "world"
+    # The default teacher is the configured endpoint; the world teacher is chosen explicitly.
+    assert cfg.annotate.backend == "http" and cfg.annotate.base_url == "http://127.0.0.1:8000/v1"
 
 
-def test_http_needs_base_url() -> None:
+def test_engine_backend_and_the_world_alias() -> None:
+    with pytest.raises(ConfigError, match="annotate.engine"):
+        load_config(IndexConfig, None, ["pool=p", "annotate.backend=engine"])
     with pytest.raises(ConfigError, match="base_url"):
-        load_config(IndexConfig, None, ["pool=p", "annotate.backend=http"])
+        load_config(IndexConfig, None, ["pool=p", "annotate.base_url=ftp://x"])
+    legacy = IndexConfig.model_validate({"pool": "p", "annotate": {"backend": "world", "world_teacher": {"seed": 3}}})
+    assert legacy.annotate.backend == "engine" and legacy.annotate.engine == "edray.world.teacher:WorldTeacher"
+    assert legacy.annotate.engine_options == {"seed": 3}
 
 
 def test_unknown_field_and_bounds() -> None:

@@ -49,7 +49,8 @@ def test_annotation_key_changes_with_each_part() -> None:
     "text,expected",
     [
         ('{"skills": ["Color recognition", "object counting"]}', ["color recognition", "object counting"]),
-        ('["a", "b", "a"]', ["a", "b"]),
+        ('["counting", "shape recognition", "counting"]', ["counting", "shape recognition"]),
+        ("The skill exercised is counting objects.", ["counting objects"]),
         ("Skills: counting by colour\n- shape recognition\n2) size", ["counting by colour", "shape recognition", "size"]),
         ("one; two; three; four", ["one", "two", "three"]),
     ],
