@@ -136,8 +136,8 @@ class Failure:
 
 @dataclass
 class ClientStats:
-    """Token and request accounting of one client (``requests`` counts every attempt, the ``probes`` of
-    :meth:`ModelClient.supports` included)."""
+    """Token and request accounting of one client (``requests`` counts every attempt; the ``probes`` of
+    :meth:`ModelClient.supports` are counted apart)."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -454,7 +454,15 @@ class ModelClient:
         return self._features[feature]
 
     async def _probe(self, feature: str) -> bool:
-        self.stats.probes += 1
+        # A probe is accounted as a probe, not as one of the stage's requests or failures.
+        before = (self.stats.requests, self.stats.failures, self.stats.retries)
+        try:
+            return await self._probe_once(feature)
+        finally:
+            self.stats.requests, self.stats.failures, self.stats.retries = before
+            self.stats.probes += 1
+
+    async def _probe_once(self, feature: str) -> bool:
         hello = [{"role": "user", "content": "Say hello."}]
         try:
             if feature == "choice":

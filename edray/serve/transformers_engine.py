@@ -140,7 +140,22 @@ class TransformersEngine:
                 f"{self.max_total_tokens} tokens",
                 status=400,
             )
-        return inputs
+        return self._on_device(inputs)
+
+    # --- device ---------------------------------------------------------------------------------
+
+    def to_device(self, device: str) -> "TransformersEngine":
+        """Move the model to ``device`` (``cuda``, ``cuda:1``, ``cpu``); requests follow it."""
+        self.model.to(device)
+        return self
+
+    def _on_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        device = self.model.device
+        if device.type == "cpu":
+            return inputs
+        dtype = self.model.dtype
+        return {k: (v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device)) if hasattr(v, "to") else v
+                for k, v in inputs.items()}
 
     def _generate_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         import torch

@@ -64,8 +64,7 @@ def test_garbage_stops_diagnose_and_a_rerun_pays_only_for_the_failed_calls(tmp_p
     assert f"{err.failed} of {err.total} errors" in message and "What to change" in message
     assert "no option probabilities" in message or "no skill phrase" in message
     assert not StageDir(run_dir, "diagnose", 0).is_done()
-    # Calls that answered the stage (the endpoint probes of `auto` aside), and how many of them were garbage.
-    first_requests, garbage = teacher.stats.requests - teacher.stats.probes, engine.garbage
+    first_requests, garbage = teacher.stats.requests, engine.garbage
     assert garbage > 0 and first_requests > garbage
 
     # The same run directory, a healthy teacher: every usable reply comes from the cache.
@@ -79,8 +78,8 @@ def test_garbage_stops_diagnose_and_a_rerun_pays_only_for_the_failed_calls(tmp_p
     # What a healthy run costs from scratch: the re-run paid exactly the difference.
     fresh, _ = _teacher(tmp_path / "fresh", 0.0)
     job.run(cfg, tmp_path / "fresh", student=replay_student(world), teacher=fresh)
-    paid = healthy.stats.requests - healthy.stats.probes
-    assert paid == fresh.stats.requests - fresh.stats.probes - healthy.stats.cache_hits
+    paid = healthy.stats.requests
+    assert paid == fresh.stats.requests - healthy.stats.cache_hits
     assert paid < first_requests
     assert (stage / "errors.parquet").is_file()
 

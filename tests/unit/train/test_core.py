@@ -118,3 +118,18 @@ def test_layer_groups() -> None:
     assert layer_group("model.language_model.layers.3.self_attn.q_proj.weight") == "lm.layer_3"
     assert decoder_layer_index("model.vision_tower.encoder.layers.0.mlp.fc1.weight") is None
     assert layer_group("lm_head.weight") == "lm.head"
+
+
+def test_all_reduce_sum_keeps_the_tensor_where_it_was(tmp_path) -> None:
+    import torch.distributed as dist
+
+    from edray.train.core import all_reduce_sum
+
+    local = torch.tensor([2.0, 4.0], dtype=torch.float64)
+    assert all_reduce_sum(local) is local  # outside a process group: unchanged
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        out = all_reduce_sum(local)
+        assert out.device.type == "cpu" and out.dtype == torch.float64 and out.tolist() == [2.0, 4.0]
+    finally:
+        dist.destroy_process_group()
