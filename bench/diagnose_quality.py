@@ -232,8 +232,9 @@ def locate_scores(stage: Path, rows: dict[str, dict[str, Any]]) -> dict[str, Any
 def run_diagnose(run_dir: Path, val_path: Path, replies: dict[str, str], method: str, teacher: Any = None,
                  task: str | None = None, **overrides: Any) -> tuple[Path, Any, Any]:
     cfg = DiagnoseConfig.model_validate(
+        # The fault runs measure recovery and accounting, so no failure budget stops them.
         {"validation": str(val_path), "task": task, "student": {"family": "plain"}, "locate": {"method": method},
-         **overrides}
+         "max_failure_share": 1.0, **overrides}
     )
     student = EngineClient(ReplayStudent(replies), "student")
     teacher = teacher or EngineClient(WorldTeacher(TeacherConfig(model_id="teacher")), "teacher")

@@ -164,3 +164,22 @@ class TestComparisonLocators:
         assert parse_verdict("Incorrect: the colour is wrong") is False
         assert parse_verdict("maybe") is None
         assert parse_verdict("") is None
+
+
+class TestOptionPaths:
+    def test_free_reply_reads_letters_among_the_alternatives(self) -> None:
+        # SmolLM2 answers "Step" or "The" first; the letters are still among the alternatives.
+        tokens = [("The", lp(0.5), [("The", lp(0.5)), ("B", lp(0.3)), ("A", lp(0.1))]), (" answer", -0.1, [])]
+        assert option_probs(tokens, ["A", "B"]) == pytest.approx([0.25, 0.75])
+
+    def test_likelihood_softmaxes_the_option_tokens_after_the_common_prefix(self) -> None:
+        from edray.diagnose.locate import likelihood_probs
+
+        prefix = [("1", None), ("7", -0.2), ("9", -0.1)]
+        scored = [prefix + [("49", math.log(0.2))], prefix + [("50", math.log(0.6))]]
+        assert likelihood_probs(scored) == pytest.approx([0.25, 0.75])
+        # Multi-token options sum their tokens.
+        scored = [prefix + [("4", math.log(0.5)), ("9", math.log(0.5))], prefix + [("5", math.log(0.5))]]
+        assert likelihood_probs(scored) == pytest.approx([1 / 3, 2 / 3])
+        assert likelihood_probs([prefix, prefix]) is None  # nothing of their own
+        assert likelihood_probs([prefix + [("4", None)], prefix + [("5", -1.0)]]) is None

@@ -218,3 +218,89 @@ def test_api_key_sent_as_bearer(server, monkeypatch):
     client = ModelClient(ClientConfig(base_url=server.url, model="m", api_key_env="EDRAY_TEST_CLIENT_KEY"))
     client.chat_many([{"messages": msgs()}], progress=False)
     assert server.auth == ["Bearer s3cret"]
+
+
+# --- in-process engines behind the same client --------------------------------------------------------
+
+
+class ScriptedEngine:
+    """An engine that fails on a script of statuses, then answers; records what it was asked."""
+
+    def __init__(self, script: list[int] | None = None) -> None:
+        self.script = list(script or [])
+        self.requests: list = []
+
+    def model_ids(self) -> list[str]:
+        return ["m"]
+
+    async def generate(self, request):  # noqa: ANN001, ANN201 - the engine contract
+        from edray.serve.engine import ChatResult, EngineError, TokenLogprob
+
+        self.requests.append(request)
+        if self.script:
+            raise EngineError(f"scripted {self.script[0]}", self.script.pop(0))
+        text = request.messages[-1]["content"]
+        return ChatResult(text=f"echo {text}", prompt_tokens=3, completion_tokens=2,
+                          logprobs=[TokenLogprob("echo", -0.5, [("echo", -0.5)])] if request.logprobs else None)
+
+    async def stream(self, request):  # noqa: ANN001, ANN201
+        yield (await self.generate(request)).text
+
+
+def engine_client(engine: ScriptedEngine, tmp_path=None, **kw) -> ModelClient:
+    cfg = {"model": "m", "max_retries": 3, "backoff_s": 0.0, "cache_dir": str(tmp_path) if tmp_path else None, **kw}
+    return ModelClient(ClientConfig(**cfg), engine=engine)
+
+
+def test_engine_transport_shares_the_retry_policy(tmp_path):
+    engine = ScriptedEngine([503, 429])
+    client = engine_client(engine, tmp_path)
+    [out] = client.chat_many([{"messages": msgs(), "logprobs": True, "top_logprobs": 1}], progress=False)
+    assert isinstance(out, Result) and out.text == "echo hi" and out.top_logprobs(0) == {"echo": -0.5}
+    assert len(engine.requests) == 3 and client.stats.retries == 2 and client.stats.prompt_tokens == 3
+    # A 400 is the request's fault: no retry, a Failure with its status.
+    bad = ScriptedEngine([400])
+    [fail] = engine_client(bad).chat_many([{"messages": msgs()}], progress=False)
+    assert isinstance(fail, Failure) and fail.status == 400 and fail.attempts == 1 and len(bad.requests) == 1
+    # The server's parser runs first: an invalid request never reaches the engine.
+    [invalid] = engine_client(bad).chat_many([{"messages": [{"role": "robot", "content": "x"}]}], progress=False)
+    assert isinstance(invalid, Failure) and invalid.status == 400 and "role" in invalid.reason and len(bad.requests) == 1
+
+
+def test_engine_answers_are_cached_and_forgotten(tmp_path):
+    engine = ScriptedEngine()
+    req = {"messages": msgs("q")}
+    engine_client(engine, tmp_path).chat_many([req], progress=False)
+    again = engine_client(engine, tmp_path)
+    [out] = again.chat_many([req], progress=False)
+    assert out.cached and len(engine.requests) == 1 and again.stats.cache_hits == 1
+    again.forget(req)
+    [fresh] = engine_client(engine, tmp_path).chat_many([req], progress=False)
+    assert not fresh.cached and len(engine.requests) == 2
+
+
+def test_engine_by_import_path_and_extra_body(tmp_path):
+    client = ModelClient(ClientConfig(model="teacher", engine="edray.world.teacher:WorldTeacher",
+                                      engine_options={"seed": 3}))
+    assert client.engine.model_ids() == ["teacher"] and client.engine.config.seed == 3
+    body = client.payload(msgs(), extra_body={"structured_outputs": {"choice": ["A", "B"]}, "max_tokens": 9})
+    assert body["structured_outputs"] == {"choice": ["A", "B"]} and body["max_tokens"] == 256  # extras never override
+
+
+def test_probes_tell_what_an_endpoint_offers(server):
+    import asyncio
+
+    # The flaky server ignores structured outputs and prompt_logprobs and answers "echo ...": nothing offered.
+    client = client_for(server)
+    assert not any(asyncio.run(client.supports(f)) for f in ("choice", "likelihood", "json_schema"))
+    assert client.stats.probes == 3 and client.stats.requests == 0  # probes are counted apart
+    asyncio.run(client.supports("choice"))
+    assert client.stats.probes == 3  # probed once per client
+
+
+def test_prompt_logprobs_are_parsed():
+    from edray.serve.client import _parse_response
+
+    data = {"choices": [{"message": {"content": ""}, "finish_reason": "length"}],
+            "prompt_logprobs": [None, {"12": {"logprob": -1.5, "rank": 1, "decoded_token": "A"}}]}
+    assert _parse_response(data, cached=False).prompt_logprobs == [("", None), ("12", -1.5)]

@@ -58,3 +58,23 @@ def test_client_config():
         ClientConfig(model="m", base_url="ftp://x")
     with pytest.raises(ValidationError):
         ClientConfig(model="m", max_concurrency=0)
+
+
+def test_engines_by_import_path() -> None:
+    from edray.serve.config import ModelConfig
+    from edray.serve.engines import load_engine
+
+    m = ModelConfig(name="t", engine="world_teacher", options={"seed": 2})
+    assert m.engine == "edray.world.teacher:WorldTeacher" and m.by_import_path
+    engine = load_engine(m.engine, m.name, m.options)
+    assert engine.model_ids() == ["t"] and engine.config.seed == 2
+    with pytest.raises(ValueError, match="import path"):
+        ModelConfig(name="t", engine="not a path")
+    with pytest.raises(ValueError, match="takes no options"):
+        ModelConfig(name="s", engine="transformers", path="/m", options={"x": 1})
+    from edray.serve.engine import EngineError
+
+    with pytest.raises(EngineError, match="cannot be imported"):
+        load_engine("edray.nowhere:Thing", "t")
+    with pytest.raises(EngineError, match="refused its options"):
+        load_engine("edray.world.teacher:WorldTeacher", "t", {"colour": 1})
