@@ -251,6 +251,12 @@ def parse_chat_body(body: Any, limits: LimitsConfig) -> ParsedChat:
         raise ApiError(
             400, "stream_options.include_usage: not supported; send stream=false to get usage", param="stream_options"
         )
+    continue_final = body.get("continue_final_message", False) or False
+    if not isinstance(continue_final, bool):
+        raise ApiError(400, "continue_final_message: expected true or false", param="continue_final_message")
+    if continue_final and out_messages[-1]["role"] != "assistant":
+        raise ApiError(400, "continue_final_message: the last message must be the assistant's", param="messages")
+    prompt_logprobs = _as_int(body, "prompt_logprobs", None, 0, 20)
     request = ChatRequest(
         model=model,
         messages=out_messages,
@@ -261,6 +267,8 @@ def parse_chat_body(body: Any, limits: LimitsConfig) -> ParsedChat:
         top_logprobs=int(top_logprobs or 0),
         response_format=response_format,
         stop=stop,
+        continue_final_message=continue_final,
+        prompt_logprobs=prompt_logprobs,
     )
     return ParsedChat(request=request, image_refs=refs, stream=stream)
 
@@ -324,8 +332,8 @@ def _logprobs_body(result: ChatResult) -> dict[str, Any] | None:
 
 
 def chat_response(result: ChatResult, model: str, request_id: str, created: int | None = None) -> dict[str, Any]:
-    """The ``chat.completion`` body for one engine result."""
-    return {
+    """The ``chat.completion`` body for one engine result (with vLLM's ``prompt_logprobs`` when it has them)."""
+    body = {
         "id": request_id,
         "object": "chat.completion",
         "created": int(created if created is not None else time.time()),
@@ -344,6 +352,11 @@ def chat_response(result: ChatResult, model: str, request_id: str, created: int 
             "total_tokens": result.prompt_tokens + result.completion_tokens,
         },
     }
+    if result.prompt_logprobs is not None:
+        body["prompt_logprobs"] = [
+            None if lp is None else {str(token_id): {"logprob": lp}} for token_id, lp in result.prompt_logprobs
+        ]
+    return body
 
 
 def stream_chunk(

@@ -29,6 +29,9 @@ class ChatRequest:
         top_logprobs: how many alternatives per token (0..20).
         response_format: OpenAI ``response_format`` (``json_object`` / ``json_schema``), or ``None``.
         stop: stop strings.
+        continue_final_message: the last message is the assistant's and is continued, not answered
+            (vLLM's field of the same name); with ``prompt_logprobs`` it scores a given reply.
+        prompt_logprobs: return the log-probability of each prompt token (vLLM's field; ``None``: no).
     """
 
     model: str
@@ -41,6 +44,8 @@ class ChatRequest:
     top_logprobs: int = 0
     response_format: dict[str, Any] | None = None
     stop: list[str] | None = None
+    continue_final_message: bool = False
+    prompt_logprobs: int | None = None
 
 
 @dataclass
@@ -54,13 +59,15 @@ class TokenLogprob:
 
 @dataclass
 class ChatResult:
-    """What an engine returns for one request."""
+    """What an engine returns for one request (``prompt_logprobs``: ``(token id, logprob)`` per prompt
+    token, the first without one, when the request asked)."""
 
     text: str
     finish_reason: str = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[tuple[int, float | None]] | None = None
 
 
 class EngineError(Exception):

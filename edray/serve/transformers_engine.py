@@ -120,7 +120,10 @@ class TransformersEngine:
             raise EngineError(f"{n_placeholders} image placeholders but {len(request.images)} images", status=400)
         messages = [{"role": m["role"], "content": _split_content(m["content"])} for m in request.messages]
         try:
-            prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            prompt = self.processor.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=not request.continue_final_message,
+                continue_final_message=request.continue_final_message,
+            )
         except Exception as exc:  # a template may refuse a role order (e.g. two user turns)
             raise EngineError(f"messages: the model's chat template refused them ({exc})", status=400) from None
         images = []
@@ -188,6 +191,8 @@ class TransformersEngine:
         import torch
 
         inputs = self._inputs(request)
+        if request.prompt_logprobs is not None:
+            return self._score_prompt(inputs, request)
         n_prompt = int(inputs["input_ids"].shape[1])
         gen_kwargs = self._generate_kwargs(request)
         with torch.inference_mode(), self._select_adapter(request.model):
@@ -225,6 +230,20 @@ class TransformersEngine:
             completion_tokens=len(out.sequences[0]) - n_prompt,
             logprobs=logprobs,
         )
+
+    def _score_prompt(self, inputs: dict[str, Any], request: ChatRequest) -> ChatResult:
+        """The log-probability of every prompt token (one forward pass, nothing generated): how a client
+        scores a given reply as the continuation of a prompt (``continue_final_message`` + ``prompt_logprobs``)."""
+        import torch
+
+        with torch.inference_mode(), self._select_adapter(request.model):
+            logits = self.model(**inputs).logits[0].float()
+        ids = inputs["input_ids"][0]
+        lps = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[1:].unsqueeze(1)).squeeze(1).tolist()
+        scored: list[tuple[int, float | None]] = [(int(ids[0]), None)]
+        scored += [(int(t), float(v)) for t, v in zip(ids[1:].tolist(), lps)]
+        return ChatResult(text="", finish_reason="length", prompt_tokens=len(scored), completion_tokens=0,
+                          prompt_logprobs=scored)
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id

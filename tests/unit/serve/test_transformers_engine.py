@@ -72,3 +72,28 @@ def test_only_safetensors_load(student_dir, tmp_path):
         f.unlink()
     with pytest.raises(EngineError, match="safetensors"):
         TransformersEngine("s", str(folder))
+
+
+def test_scoring_a_given_reply(engine):
+    # Option-likelihood scoring (docs/diagnose.md): the reply is given as the assistant's message and every
+    # prompt token gets the logprob the model assigns it after the tokens before it.
+    import torch
+
+    def scored(reply: str):
+        return run(engine.generate(ChatRequest(
+            model="s", messages=[{"role": "user", "content": "<image>What color is the shape?"},
+                                 {"role": "assistant", "content": reply}],
+            images=[png_bytes()], max_tokens=1, continue_final_message=True, prompt_logprobs=0,
+        )))
+
+    red, blue = scored("red"), scored("blue")
+    assert red.text == "" and red.prompt_logprobs[0][1] is None and len(red.prompt_logprobs) == red.prompt_tokens
+    # Same prefix, same scores; the reply token differs.
+    assert red.prompt_logprobs[:-1] == blue.prompt_logprobs[:-1]
+    assert red.prompt_logprobs[-1][0] != blue.prompt_logprobs[-1][0]
+    # The reply's score is the next-token distribution after the prompt with the generation prompt.
+    inputs = engine._inputs(request(max_tokens=1))
+    with torch.inference_mode(), engine._select_adapter("s"):
+        logits = engine.model(**inputs).logits[0, -1].float()
+    expected = torch.log_softmax(logits, -1)[int(red.prompt_logprobs[-1][0])]
+    assert red.prompt_logprobs[-1][1] == pytest.approx(float(expected), abs=1e-4)
