@@ -206,31 +206,31 @@ async def _ask_until_readable(
 ) -> list[tuple[Reply, Any]]:
     """Ask; re-ask every reply its reader cannot parse, up to ``retries`` times, sampled (temperature
     :data:`REASK_TEMPERATURE`) with another seed, so that neither the response cache nor a greedy model
-    repeats the same unreadable reply. Unusable replies are dropped from the response cache, so that a
-    re-run asks again.
+    repeats the same unreadable reply. Replies still unusable at the end are dropped from the response
+    cache, so that a re-run asks again.
 
     Returns:
         ``(last reply, parsed value or None)`` per payload.
     """
     replies = await _ask(teacher, payloads)
     parsed = [readers[i](r) if r.failure is None else None for i, r in enumerate(replies)]
-    asked = list(payloads)
-    unusable = [i for i, (r, p) in enumerate(zip(replies, parsed)) if p is None and r.failure is None]
+    asked = [[p] for p in payloads]
     for attempt in range(1, retries + 1):
         again = [i for i, (r, p) in enumerate(zip(replies, parsed)) if p is None and r.failure is None]
         if not again:
             break
         for i in again:
-            asked[i] = {**payloads[i], "seed": attempt, "temperature": REASK_TEMPERATURE}
-        new = await _ask(teacher, [asked[i] for i in again])
+            asked[i].append({**payloads[i], "seed": attempt, "temperature": REASK_TEMPERATURE})
+        new = await _ask(teacher, [asked[i][-1] for i in again])
         for i, r in zip(again, new):
             replies[i], parsed[i] = r, (readers[i](r) if r.failure is None else None)
     forget = getattr(teacher, "forget", None)
     if forget is not None:
-        for i in unusable:
-            forget(payloads[i])
-            if parsed[i] is None and asked[i] is not payloads[i]:
-                forget(asked[i])
+        # A reply re-asked into shape stays cached with its re-ask (a re-run replays both for free).
+        for i, p in enumerate(parsed):
+            if p is None and replies[i].failure is None:
+                for payload in asked[i]:
+                    forget(payload)
     return list(zip(replies, parsed))
 
 
