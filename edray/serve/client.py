@@ -24,17 +24,15 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import sqlite3
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+from edray.serve.cache import ResponseCache
+from edray.serve.replies import ClientStats, Failure, ModelCallError, Result, parse_response
 from edray.serve.config import ClientConfig, LimitsConfig
 from edray.serve.core import (
     ApiError,
@@ -46,7 +44,7 @@ from edray.serve.core import (
     request_cache_key,
     user_message,
 )
-from edray.serve.engine import Engine, EngineError, TokenLogprob
+from edray.serve.engine import Engine, EngineError
 
 __all__ = [
     "ClientConfig",
@@ -66,140 +64,6 @@ __all__ = [
 # The statuses worth another attempt: timeouts, conflicts, rate limits and server-side failures. Every
 # other 4xx is the request's own fault and fails at once.
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-
-
-class ModelCallError(Exception):
-    """A call that failed after its retries, or that cannot succeed (a 4xx other than 429).
-
-    Attributes:
-        reason: what went wrong, readable as is.
-        attempts: how many HTTP attempts were made.
-        status: the last HTTP status, if any.
-    """
-
-    def __init__(self, reason: str, attempts: int, status: int | None = None) -> None:
-        super().__init__(f"{reason} (after {attempts} attempt{'s' if attempts != 1 else ''})")
-        self.reason = reason
-        self.attempts = attempts
-        self.status = status
-
-
-@dataclass
-class Result:
-    """One answer.
-
-    Attributes:
-        text: the assistant message.
-        logprobs: per generated token (empty unless asked for).
-        usage: ``prompt_tokens`` and ``completion_tokens`` as the server counted them.
-        cached: answered from the response cache (no request made).
-        finish_reason: ``stop`` or ``length``.
-        model: the model that answered.
-        prompt_logprobs: per prompt token ``(token_id, logprob)`` when the request asked vLLM for
-            ``prompt_logprobs`` (the first token has no logprob: ``None``); empty otherwise.
-    """
-
-    text: str
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
-    cached: bool = False
-    finish_reason: str = "stop"
-    model: str = ""
-    prompt_logprobs: list[tuple[str, float | None]] = field(default_factory=list)
-
-    def top_logprobs(self, position: int = 0) -> dict[str, float]:
-        """The alternatives at one generated position as ``{token: logprob}`` (the chosen one included)."""
-        if position >= len(self.logprobs):
-            return {}
-        lp = self.logprobs[position]
-        out = {t: v for t, v in lp.top}
-        out.setdefault(lp.token, lp.logprob)
-        return out
-
-
-@dataclass
-class Failure:
-    """A request of :meth:`ModelClient.chat_many` that failed; the batch goes on.
-
-    Attributes:
-        index: position in the batch.
-        reason: what went wrong.
-        attempts: HTTP attempts made.
-        status: last HTTP status, if any.
-    """
-
-    index: int
-    reason: str
-    attempts: int
-    status: int | None = None
-
-
-@dataclass
-class ClientStats:
-    """Token and request accounting of one client (``requests`` counts every attempt; the ``probes`` of
-    :meth:`ModelClient.supports` are counted apart)."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    retries: int = 0
-    failures: int = 0
-    cache_hits: int = 0
-    probes: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-class ResponseCache:
-    """A persistent map from request key to response body, in one sqlite file (WAL mode).
-
-    Safe across processes and Ray workers on one node: each operation opens its own short
-    transaction, and sqlite's WAL lets readers run beside the one writer.
-
-    Args:
-        folder: created if missing; the file is ``responses.sqlite`` inside it.
-    """
-
-    FILE = "responses.sqlite"
-
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.path = Path(folder) / self.FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._connect() as con:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, body TEXT, created REAL)"
-            )
-
-    def _connect(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None or getattr(self._local, "pid", None) != os.getpid():
-            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            self._local.con = con
-            self._local.pid = os.getpid()
-        return con
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The cached body for ``key``, or None."""
-        row = self._connect().execute("SELECT body FROM responses WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, model: str, body: dict[str, Any]) -> None:
-        """Store a body (the first writer of a key wins; later writes of the same key are ignored)."""
-        self._connect().execute(
-            "INSERT OR IGNORE INTO responses (key, model, body, created) VALUES (?, ?, ?, ?)",
-            (key, model, json.dumps(body, separators=(",", ":")), time.time()),
-        )
-
-    def delete(self, key: str) -> None:
-        """Forget one key."""
-        self._connect().execute("DELETE FROM responses WHERE key = ?", (key,))
-
-    def __len__(self) -> int:
-        return int(self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
 
 @dataclass
@@ -406,7 +270,7 @@ class ModelClient:
             hit = await asyncio.to_thread(self.cache.get, key)  # type: ignore[union-attr]
             if hit is not None:
                 self.stats.cache_hits += 1
-                return _parse_response(hit, cached=True)
+                return parse_response(hit, cached=True)
         state = self._state()
         attempts = 0
         reason = ""
@@ -418,7 +282,7 @@ class ModelClient:
                 status, data, reason, retry_after = await self._send(state, body)
                 if status == 200 and data is not None:
                     try:
-                        result = _parse_response(data, cached=False)
+                        result = parse_response(data, cached=False)
                     except (ValueError, KeyError, IndexError, TypeError) as exc:
                         reason = f"malformed response: {type(exc).__name__}: {exc}"
                     else:
@@ -454,36 +318,15 @@ class ModelClient:
         return self._features[feature]
 
     async def _probe(self, feature: str) -> bool:
+        from edray.serve.probes import probe
+
         # A probe is accounted as a probe, not as one of the stage's requests or failures.
         before = (self.stats.requests, self.stats.failures, self.stats.retries)
         try:
-            return await self._probe_once(feature)
+            return await probe(self, feature)
         finally:
             self.stats.requests, self.stats.failures, self.stats.retries = before
             self.stats.probes += 1
-
-    async def _probe_once(self, feature: str) -> bool:
-        hello = [{"role": "user", "content": "Say hello."}]
-        try:
-            if feature == "choice":
-                r = await self.chat(hello, max_tokens=2, logprobs=True, top_logprobs=2, use_cache=False,
-                                    extra_body={"structured_outputs": {"choice": ["Q", "Z"]}})
-                return r.text.strip() in ("Q", "Z") and bool(r.logprobs)
-            if feature == "likelihood":
-                r = await self.chat([*hello, {"role": "assistant", "content": "Hello"}], max_tokens=1, use_cache=False,
-                                    extra_body={"add_generation_prompt": False, "continue_final_message": True,
-                                                "prompt_logprobs": 0})
-                return len(r.prompt_logprobs) > 1 and r.prompt_logprobs[-1][1] is not None
-            if feature == "json_schema":
-                schema = {"type": "object", "properties": {"probe": {"type": "string", "enum": ["zqx"]}},
-                          "required": ["probe"], "additionalProperties": False}
-                r = await self.chat(hello, max_tokens=48, use_cache=False,
-                                    response_format={"type": "json_schema",
-                                                     "json_schema": {"name": "probe", "schema": schema, "strict": True}})
-                return json.loads(r.text) == {"probe": "zqx"}
-        except (ModelCallError, ValueError, TypeError):
-            return False
-        raise ValueError(f"unknown feature {feature!r}; known: choice, likelihood, json_schema")
 
     def forget(self, request: Mapping[str, Any]) -> None:
         """Drop the cached answer of one request (a reply its reader could not use is not worth keeping)."""
@@ -563,31 +406,3 @@ def _error_message(resp: Any) -> str:
     except ValueError:
         pass
     return resp.text[:300]
-
-
-def _parse_response(data: Mapping[str, Any], cached: bool) -> Result:
-    choice = data["choices"][0]
-    logprobs: list[TokenLogprob] = []
-    content = (choice.get("logprobs") or {}).get("content") or []
-    for item in content:
-        top = [(t["token"], float(t["logprob"])) for t in item.get("top_logprobs") or []]
-        logprobs.append(TokenLogprob(item["token"], float(item["logprob"]), top))
-    usage = data.get("usage") or {}
-    prompt_lp: list[tuple[str, float | None]] = []
-    for item in data.get("prompt_logprobs") or []:
-        # vLLM: one {token_id: {"logprob", "rank", "decoded_token"}} per prompt token (None for the first);
-        # with prompt_logprobs=0 each holds the prompt token alone.
-        if not item:
-            prompt_lp.append(("", None))
-            continue
-        token_id, entry = next(iter(item.items()))
-        prompt_lp.append((str(token_id), float(entry["logprob"]) if isinstance(entry, dict) else float(entry)))
-    return Result(
-        text=choice["message"].get("content") or "",
-        logprobs=logprobs,
-        usage={k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")},
-        cached=cached,
-        finish_reason=choice.get("finish_reason") or "stop",
-        model=str(data.get("model", "")),
-        prompt_logprobs=prompt_lp,
-    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from edray.diagnose.job import _ask_until_readable
+from edray.diagnose.queries import _ask_until_readable
 from edray.serve.client import ModelClient
 from edray.serve.config import ClientConfig
 from edray.serve.engine import ChatResult

@@ -299,8 +299,8 @@ def test_probes_tell_what_an_endpoint_offers(server):
 
 
 def test_prompt_logprobs_are_parsed():
-    from edray.serve.client import _parse_response
+    from edray.serve.replies import parse_response
 
     data = {"choices": [{"message": {"content": ""}, "finish_reason": "length"}],
             "prompt_logprobs": [None, {"12": {"logprob": -1.5, "rank": 1, "decoded_token": "A"}}]}
-    assert _parse_response(data, cached=False).prompt_logprobs == [("", None), ("12", -1.5)]
+    assert parse_response(data, cached=False).prompt_logprobs == [("", None), ("12", -1.5)]
