@@ -196,3 +196,24 @@ def test_world_teacher_answers_logprobs_through_the_app(served_app, tmp_path):
     assert set(probs) == {"A", "B"}
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
     assert out.text == max(probs, key=probs.get)
+
+
+def test_auto_finds_what_each_served_engine_offers(served_app):
+    """The probes behind `auto`: the transformers engine scores a given reply (option likelihood) but
+    constrains nothing; the world teacher offers logprobs only."""
+    import asyncio
+
+    from edray.diagnose.queries import probability_path
+
+    def offers(model: str) -> tuple[dict[str, bool], str]:
+        client = ModelClient(ClientConfig(base_url=served_app.base_url, model=model, api_key_env="EDRAY_TEST_SERVE_KEY"))
+
+        async def probe() -> tuple[dict[str, bool], str]:
+            found = {f: await client.supports(f) for f in ("choice", "likelihood", "json_schema")}
+            return found, await probability_path(client, "auto")
+
+        return asyncio.run(probe())
+
+    assert offers("student") == ({"choice": False, "likelihood": True, "json_schema": False}, "likelihood")
+    if "teacher" in served_app.names:
+        assert offers("teacher") == ({"choice": False, "likelihood": False, "json_schema": False}, "top_logprobs")
