@@ -32,12 +32,14 @@ ANNOTATION_QUESTION = (
     "phrases separated by semicolons."
 )
 
-# A skill phrase as structured output: lower-case words, short. Servers that enforce JSON schemas
-# (vLLM's structured outputs) then cannot produce a sentence.
-PHRASE_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 3, "maxLength": 48, "pattern": "^[a-z][a-z ,'-]*[a-z]$"}
+# A skill phrase as structured output: 3-48 lower-case letters, spaces and hyphens. Servers that enforce
+# JSON schemas (vLLM's structured outputs) then cannot produce a sentence. The length lives in the
+# pattern: strict JSON-schema modes that refuse minLength/maxLength accept a pattern.
+PHRASE_SCHEMA: dict[str, Any] = {"type": "string", "pattern": "^[a-z][a-z ,'-]{1,46}[a-z]$"}
 ANNOTATION_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"skills": {"type": "array", "items": PHRASE_SCHEMA, "minItems": 1, "maxItems": 3}},
+    # A small model repeats items until its token budget runs out: the schema caps the list.
+    "properties": {"skills": {"type": "array", "items": PHRASE_SCHEMA, "maxItems": 3}},
     "required": ["skills"],
     "additionalProperties": False,
 }
@@ -140,7 +142,8 @@ def parse_skill_reply(text: str) -> list[str]:
         try:
             data = json.loads(t)
         except json.JSONDecodeError:
-            return []
+            # JSON cut off by the token budget: the complete quoted items still count.
+            return [m for m in re.findall(r'"((?:[^"\\]|\\.)*)"', t) if m not in ("skills", "skill")]
         value = data.get("skills", data.get("skill")) if isinstance(data, dict) else data
         items = value if isinstance(value, list) else [value] if isinstance(value, str) else []
         return [str(s).strip() for s in items if isinstance(s, (str, int, float)) and str(s).strip()]

@@ -43,5 +43,7 @@ def test_parse_annotation_keeps_distinct_short_phrases() -> None:
     assert parse_annotation("colour recognition; the student answered; counting objects", 3) == [
         "colour recognition", "counting objects"
     ]
+    # JSON cut off by the token budget keeps its complete items.
+    assert parse_annotation('{"skills": ["counting objects", "shape recog', 3) == ["counting objects"]
     with pytest.raises(ValueError, match="no skill phrase"):
         parse_annotation("The student answered wrong.", 3)
