@@ -262,8 +262,9 @@ def served(cfg: RunConfig, student: Path, name: str = STUDENT_NAME) -> Iterator[
     _ensure_api_key(cfg.serve.api_key_env)
     models = [ModelConfig(name=name, engine=cfg.serve.student_engine, path=str(student))]
     if cfg.serve.teacher_base_url is None:
+        # The world teacher is a cheap oracle: a quarter CPU, as jobs/serve.yaml gives it.
         models.append(ModelConfig(name=cfg.serve.teacher_model, engine="edray.world.teacher:WorldTeacher",
-                                  options=cfg.world.teacher.model_dump(exclude={"model_id"})))
+                                  options=cfg.world.teacher.model_dump(exclude={"model_id"}), num_cpus=0.25))
     scfg = ServeConfig(
         models=models, host=cfg.serve.host, port=cfg.serve.port, api_key_env=cfg.serve.api_key_env, app_name="edray-run"
     )
