@@ -9,18 +9,10 @@ import pyarrow as pa
 import pytest
 
 from edray.data.config import ReadConfig
-from edray.data.core import (
-    REASONS,
-    content_id,
-    image_error,
-    image_path_of,
-    mark_duplicates_in_table,
-    normalize_record,
-    read_row,
-    reason_category,
-    rows_to_table,
-    split_quarantine,
-)
+from edray.data.core import content_id, normalize_record
+from edray.data.dedup import mark_duplicates_in_table
+from edray.data.images import image_error, image_path_of
+from edray.data.quarantine import REASONS, read_row, reason_category, rows_to_table, split_quarantine
 from edray.schemas import EVAL_SCHEMA, QUARANTINE_SCHEMA, SUPPORT_SCHEMA
 from tests.fixtures.data import png_bytes
 
