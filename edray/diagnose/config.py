@@ -11,6 +11,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from edray.config import EdrayModel
+from edray.diagnose.scoring import DEFAULT_SCORERS
 from edray.serve.config import ClientConfig
 
 DEFAULT_STUDENT_TEMPLATES = {
@@ -125,7 +126,7 @@ class ScoringConfig(EdrayModel):
     """Which answers count as wrong."""
 
     scorer_by_type: dict[str, Literal["choice", "exact", "contains", "numeric", "vqa_soft"]] = Field(
-        default_factory=lambda: {"multiple_choice": "choice", "yes_no": "exact", "number": "numeric", "open": "exact"},
+        default_factory=lambda: dict(DEFAULT_SCORERS),
         description="Scorer per answer_type; types not listed use exact match.",
     )
     abs_tol: float = Field(1e-6, ge=0.0, le=1e12, description="Absolute tolerance of the numeric scorer.")

@@ -111,16 +111,20 @@ class TransformersEngine:
         if images:
             kwargs["images"] = images
         inputs = dict(self.processor(**kwargs))
-        self._check_length(int(inputs["input_ids"].shape[1]), request.max_tokens)
+        error = self._length_error(int(inputs["input_ids"].shape[1]), request.max_tokens)
+        if error is not None:
+            raise error
         return inputs
 
-    def _check_length(self, n_prompt: int, max_tokens: int) -> None:
-        if n_prompt + max_tokens > self.max_total_tokens:
-            raise EngineError(
-                f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds this model's limit of "
-                f"{self.max_total_tokens} tokens",
-                status=400,
-            )
+    def _length_error(self, n_prompt: int, max_tokens: int) -> EngineError | None:
+        """The refusal of a prompt of ``n_prompt`` tokens with ``max_tokens`` to generate, if it is too long."""
+        if n_prompt + max_tokens <= self.max_total_tokens:
+            return None
+        return EngineError(
+            f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds this model's limit of "
+            f"{self.max_total_tokens} tokens",
+            status=400,
+        )
 
     def _prompt_and_images(self, request: ChatRequest) -> tuple[str, list[Any]]:
         """The request's chat-templated prompt and decoded images, or the :class:`EngineError` refusing it."""
@@ -359,16 +363,16 @@ class TransformersEngine:
         finally:
             tok.padding_side = side
         lengths = [int(n) for n in inputs["attention_mask"].sum(dim=1)]
-        too_long = [n + first.max_tokens > self.max_total_tokens for n in lengths]
+        too_long = [self._length_error(n, first.max_tokens) for n in lengths]
         if any(too_long):
-            # Rare: answer the rows that fit together, refuse the others with the single-request message.
-            keep = [k for k, bad in enumerate(too_long) if not bad]
-            results: list[ChatResult | EngineError] = [self._generate_one(r) for r in requests]
+            # Rare: answer the rows that fit together, refuse the others as a single request is refused.
+            keep = [k for k, error in enumerate(too_long) if error is None]
+            results: list[ChatResult | EngineError | None] = list(too_long)
             if keep:
                 kept = self._generate_chunk([requests[k] for k in keep], [rows[k] for k in keep])
                 for k, r in zip(keep, kept):
                     results[k] = r
-            return results
+            return results  # type: ignore[return-value]
         width = int(inputs["input_ids"].shape[1])
         with torch.inference_mode(), self._select_adapter(first.model):
             sequences = self.model.generate(**inputs, **self._generate_kwargs(first))
