@@ -20,6 +20,7 @@ STAGE = "train"
 
 
 def is_lance(path: Path) -> bool:
+    """``path`` is a Lance dataset (a ``.lance`` folder or one holding ``_versions/``)."""
     return str(path).endswith(".lance") or (path.is_dir() and (path / "_versions").is_dir())
 
 
