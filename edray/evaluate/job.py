@@ -3,7 +3,7 @@
 Inputs:
     - the target task's test split(s) and the general suite (Parquet, ``EVAL_SCHEMA``);
     - the base student and each tuned student or baseline arm: with ``backend: transformers`` model
-      folders loaded in-process (a full model folder, a peft adapter over the base, or a train stage
+      folders loaded in-process in serve's transformers engine (a full model folder, a peft adapter over the base, or a train stage
       folder holding ``adapter/`` or ``model/``); with ``backend: serve`` model names on an
       OpenAI-compatible endpoint reached through :class:`edray.serve.client.ModelClient`.
 Outputs, in ``runs/<run>/round_<k>/evaluate/``:
@@ -268,6 +268,7 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
 
     Raises:
         FileNotFoundError, ValueError: a split or model folder is missing or unusable.
+        EngineError: the transformers engine cannot load a model folder (no safetensors weights).
     """
     st = stage(config, run_dir)
     models = _models(config)
