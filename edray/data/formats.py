@@ -71,7 +71,7 @@ def _hidden(f: Path, root: Path) -> bool:
     return any(part.startswith((".", "_")) for part in f.relative_to(root).parts)
 
 
-def listlist_files(p: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def list_files(p: Path, suffixes: tuple[str, ...]) -> list[Path]:
     if p.is_file():
         return [p]
     return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes and not _hidden(f, p))
