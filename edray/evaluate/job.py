@@ -3,9 +3,10 @@
 Inputs:
     - the target task's test split(s) and the general suite (Parquet, ``EVAL_SCHEMA``);
     - the base student and each tuned student or baseline arm: with ``backend: transformers`` model
-      folders loaded in-process in serve's transformers engine (a full model folder, a peft adapter over the base, or a train stage
-      folder holding ``adapter/`` or ``model/``); with ``backend: serve`` model names on an
-      OpenAI-compatible endpoint reached through :class:`edray.serve.client.ModelClient`.
+      folders loaded in-process in serve's transformers engine (a full model folder, a peft adapter
+      over the base, or a train stage folder holding ``adapter/`` or ``model/``); with
+      ``backend: serve`` model names on an OpenAI-compatible endpoint reached through
+      :class:`edray.serve.client.ModelClient`.
 Outputs, in ``runs/<run>/round_<k>/evaluate/``:
     - ``predictions.parquet`` (``EVAL_PREDICTIONS_SCHEMA``): one scored answer per model, suite and row;
     - ``scores.parquet`` (``EVAL_SCORES_SCHEMA``): accuracy and standard error per model, suite, task and
