@@ -6,7 +6,7 @@ on 300 target test rows (``spot_item``) and 600 general-suite test rows, greedy,
 folder into two arm folders, and times ``edray.evaluate.job.run`` on them (a fresh run directory each
 time, so nothing is skipped).
 
-    python bench/evaluate_speed.py --student students/w0 --out /tmp/evaluate-bench [--repeat 2]
+    python bench/evaluate_speed.py --student students/w0 --out /tmp/evaluate-bench [--repeat 2] [--arms 0]
 
 Prints one JSON line per repeat: total wall seconds, seconds per model, rows, failures.
 """
@@ -29,7 +29,7 @@ from edray.world.pool import generate_eval_rows
 TARGET_TASK, TARGET_ROWS, GENERAL_ROWS = "spot_item", 300, 600
 
 
-def build_inputs(student: Path, out: Path) -> EvaluateConfig:
+def build_inputs(student: Path, out: Path, arms: int = 2) -> EvaluateConfig:
     """Write the splits and the arm folders under ``out``; the evaluate config that reads them."""
     out.mkdir(parents=True, exist_ok=True)
     target, general = out / "target.parquet", out / "general.parquet"
@@ -38,7 +38,7 @@ def build_inputs(student: Path, out: Path) -> EvaluateConfig:
     if not general.exists():
         pq.write_table(generate_eval_rows("general", "test", GENERAL_ROWS, seed=0), general)
     arms = []
-    for name in ("error_driven", "random"):
+    for name in ("error_driven", "random")[:arms]:
         folder = out / "arms" / name
         if not folder.exists():
             shutil.copytree(student, folder)
@@ -60,8 +60,9 @@ def main() -> None:
     parser.add_argument("--student", type=Path, required=True, help="A world student folder (edray world pretrain).")
     parser.add_argument("--out", type=Path, required=True, help="Scratch folder for splits, arm copies and runs.")
     parser.add_argument("--repeat", type=int, default=1, help="Timed runs.")
+    parser.add_argument("--arms", type=int, default=2, choices=(0, 1, 2), help="Tuned arms beside the base (quickstart: 2).")
     args = parser.parse_args()
-    config = build_inputs(args.student, args.out)
+    config = build_inputs(args.student, args.out, args.arms)
     for i in range(args.repeat):
         run_dir = args.out / f"run-{i}"
         shutil.rmtree(run_dir, ignore_errors=True)
