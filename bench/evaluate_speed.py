@@ -37,18 +37,18 @@ def build_inputs(student: Path, out: Path, arms: int = 2) -> EvaluateConfig:
         pq.write_table(generate_eval_rows(TARGET_TASK, "test", TARGET_ROWS, seed=0), target)
     if not general.exists():
         pq.write_table(generate_eval_rows("general", "test", GENERAL_ROWS, seed=0), general)
-    arms = []
+    models = []
     for name in ("error_driven", "random")[:arms]:
         folder = out / "arms" / name
         if not folder.exists():
             shutil.copytree(student, folder)
-        arms.append({"name": name, "arm": name, "path": str(folder)})
+        models.append({"name": name, "arm": name, "path": str(folder)})
     return EvaluateConfig.model_validate(
         {
             "target": [str(target)],
             "general": str(general),
             "base": {"name": "base", "path": str(student)},
-            "models": arms,
+            "models": models,
             # The quickstart's evaluate section.
             "generation": {"batch_size": 64, "max_tokens": 96, "family": "plain"},
         }
