@@ -31,7 +31,6 @@ import hashlib
 import json
 import random
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,10 @@ from edray.diagnose.config import DiagnoseConfig
 from edray.diagnose.inprocess import EngineClient
 from edray.serve.engine import ChatRequest, ChatResult, EngineError
 from edray.world.config import TeacherConfig, TeacherNoise
-from edray.world.pool import generate_eval_rows, generate_support_rows, true_error_skill, true_error_step, world_metadata
+from edray.world.ground_truth import located_step_scores, selection_precision
+from edray.world.pool import generate_eval_rows, generate_support_rows, true_error_skill, world_metadata
 from edray.world.scene import COLORS, SHAPES, SIZES, Scene, column_names, row_names
-from edray.world.skills import StepClaim, check_step, format_steps, parse_step, render_step, skill_of_phrase
+from edray.world.skills import StepClaim, check_step, format_steps, parse_step, render_step
 from edray.world.tasks import target_task_names
 from edray.world.teacher import WorldTeacher
 
@@ -208,27 +208,6 @@ def build_world(out: Path, tasks: list[str], n_per_task: int, seed: int) -> tupl
     return val_path, test_path, replies, planted
 
 
-def locate_scores(stage: Path, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    errors = pq.read_table(stage / "errors.parquet").to_pylist()
-    hit = skill_hit = skill_n = 0
-    methods: Counter[str] = Counter()
-    for e in errors:
-        truth = true_error_step(rows[e["id"]], e["steps"])
-        hit += int(e["step"] is not None and e["step"] == truth)
-        methods[e["method"]] += 1
-        if e["skill"]:
-            skill_n += 1
-            skill_hit += int(skill_of_phrase(e["skill"]) == true_error_skill(rows[e["id"]], e["steps"]))
-    return {
-        "errors": len(errors),
-        "step_accuracy": hit / len(errors) if errors else 0.0,
-        "skill_accuracy": skill_hit / skill_n if skill_n else 0.0,
-        "skills_named": skill_n,
-        "methods": dict(methods),
-        "failures": sum(e["failure"] is not None for e in errors),
-    }
-
-
 def run_diagnose(run_dir: Path, val_path: Path, replies: dict[str, str], method: str, teacher: Any = None,
                  task: str | None = None, **overrides: Any) -> tuple[Path, Any, Any]:
     cfg = DiagnoseConfig.model_validate(
@@ -240,19 +219,6 @@ def run_diagnose(run_dir: Path, val_path: Path, replies: dict[str, str], method:
     teacher = teacher or EngineClient(WorldTeacher(TeacherConfig(model_id="teacher")), "teacher")
     path = diagnose_job.run(cfg, run_dir, student=student, teacher=teacher)
     return path, student, teacher
-
-
-def selection_precision(stage: Path, pool_truth: dict[str, list[str]], gap_truth: dict[int, set[str]],
-                        all_truth: set[str]) -> dict[str, Any]:
-    sel = pq.read_table(stage / "selection.parquet").to_pylist()
-    gap_hits = any_hits = 0
-    for r in sel:
-        skills = set(pool_truth.get(r["id"], []))
-        any_hits += int(bool(skills & all_truth))
-        target = gap_truth.get(r["gap_id"], all_truth) if r["gap_id"] is not None else all_truth
-        gap_hits += int(bool(skills & target))
-    n = len(sel)
-    return {"selected": n, "precision_gap": gap_hits / n if n else 0.0, "precision_any": any_hits / n if n else 0.0}
 
 
 def main() -> None:
@@ -277,7 +243,7 @@ def main() -> None:
     for method in ("answer_switch", "random", "ask_per_step"):
         t0 = time.time()
         stage, _, teacher = run_diagnose(out / f"locate-{method}", val_path, replies, method)
-        report[f"locate_{method}"] = {**locate_scores(stage, rows), "teacher_requests": teacher.stats.requests,
+        report[f"locate_{method}"] = {**located_step_scores(stage, rows), "teacher_requests": teacher.stats.requests,
                                       "wall_s": round(time.time() - t0, 1)}
         print(method, report[f"locate_{method}"], flush=True)
 
@@ -288,7 +254,7 @@ def main() -> None:
     errors = pq.read_table(stage / "errors.parquet").to_pylist()
     recorded_503 = sum((e["failure"] or "").count("HTTP 503") for e in errors)
     report["faults"] = {
-        **locate_scores(stage, rows),
+        **located_step_scores(stage, rows),
         "injected_503": noisy.faults,
         "client_retries": teacher.stats.retries,
         "client_failures": teacher.stats.failures,
@@ -304,7 +270,7 @@ def main() -> None:
     stage, _, teacher = run_diagnose(out / "transient-faults", val_path, replies, "answer_switch", teacher=teacher)
     errors = pq.read_table(stage / "errors.parquet").to_pylist()
     report["transient_faults"] = {
-        **locate_scores(stage, rows),
+        **located_step_scores(stage, rows),
         "injected_503": flaky.faults,
         "client_retries": teacher.stats.retries,
         "client_failures": teacher.stats.failures,
@@ -319,7 +285,7 @@ def main() -> None:
     )
     for method in ("answer_switch", "ask_per_step", "random"):
         stage, _, _ = run_diagnose(out / f"imperfect-{method}", val_path, replies, method, teacher=imperfect)
-        report[f"imperfect_{method}"] = locate_scores(stage, rows)
+        report[f"imperfect_{method}"] = located_step_scores(stage, rows)
         print("imperfect", method, report[f"imperfect_{method}"], flush=True)
 
     # 4. re-run unchanged: the stage is skipped, no request is made.

@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edray.data.config import ReadConfig
-from edray.data.core import reason_category, target_schema
-from edray.data.readers import detect_format, read_and_split
+from edray.data.formats import detect_format
+from edray.data.quarantine import reason_category, target_schema
+from edray.data.readers import read_and_split
 from edray.resources import ensure_ray
 
 

@@ -24,7 +24,9 @@ from edray.diagnose.prompts import (
     DEFAULT_VERDICT_SYSTEM,
     DEFAULT_VERDICT_TEMPLATE,
 )
+from edray.diagnose.scoring import DEFAULT_SCORERS
 from edray.serve.config import ClientConfig
+
 
 class PromptConfig(EdrayModel):
     """The student's prompt: one template per model family (shared by diagnose and evaluate, so the
@@ -57,7 +59,7 @@ class ScoringConfig(EdrayModel):
     """Which answers count as wrong."""
 
     scorer_by_type: dict[str, Literal["choice", "exact", "contains", "numeric", "vqa_soft"]] = Field(
-        default_factory=lambda: {"multiple_choice": "choice", "yes_no": "exact", "number": "numeric", "open": "exact"},
+        default_factory=lambda: dict(DEFAULT_SCORERS),
         description="Scorer per answer_type; types not listed use exact match.",
     )
     abs_tol: float = Field(1e-6, ge=0.0, le=1e12, description="Absolute tolerance of the numeric scorer.")

@@ -37,8 +37,7 @@ from edray.aio import run_sync
 from edray.diagnose import core, locate
 from edray.diagnose.config import DiagnoseConfig
 from edray.diagnose.queries import ErrorCase, analyze_skills, locate_errors, rollout
-from edray.data.readers import EVAL_REQUIRED_COLUMNS as REQUIRED_COLUMNS
-from edray.data.readers import read_parquet_rows
+from edray.data.parquet_rows import read_eval_rows
 from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import ANSWERS, ANSWERS_SCHEMA, ERRORS, ERRORS_SCHEMA, GAPS, GAPS_SCHEMA
 from edray.serve.config import ClientConfig
@@ -52,22 +51,8 @@ STAGE = "diagnose"
 
 
 def read_validation(path: str, task: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Validation rows as dicts, in a stable order (by id).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: a required column is missing, or no row is left after filtering.
-    """
-    p = Path(path)
-    rows = read_parquet_rows(p, REQUIRED_COLUMNS, "validation set (EVAL_SCHEMA)")
-    if task is not None:
-        rows = [r for r in rows if r["source_task"] == task]
-    rows.sort(key=lambda r: str(r["id"]))
-    if limit is not None:
-        rows = rows[:limit]
-    if not rows:
-        raise ValueError(f"validation set {p}: no rows" + (f" of task {task!r}" if task else ""))
-    return rows
+    """Validation rows as dicts, in a stable order (by id); see :func:`edray.data.parquet_rows.read_eval_rows`."""
+    return read_eval_rows(path, "validation set", task=task, limit=limit)
 
 
 # --- clients ---------------------------------------------------------------------------------------

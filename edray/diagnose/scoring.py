@@ -23,6 +23,8 @@ import string
 from collections.abc import Sequence
 
 LETTERS = string.ascii_uppercase
+# The scorer of each answer type unless configured otherwise (ScoringConfig.scorer_by_type).
+DEFAULT_SCORERS: dict[str, str] = {"multiple_choice": "choice", "yes_no": "exact", "number": "numeric", "open": "exact"}
 
 _ARTICLES = {"a", "an", "the"}
 _NUMBER_WORDS = {

@@ -3,9 +3,10 @@
 Inputs:
     - the target task's test split(s) and the general suite (Parquet, ``EVAL_SCHEMA``);
     - the base student and each tuned student or baseline arm: with ``backend: transformers`` model
-      folders loaded in-process (a full model folder, a peft adapter over the base, or a train stage
-      folder holding ``adapter/`` or ``model/``); with ``backend: serve`` model names on an
-      OpenAI-compatible endpoint reached through :class:`edray.serve.client.ModelClient`.
+      folders loaded in-process in serve's transformers engine (a full model folder, a peft adapter
+      over the base, or a train stage folder holding ``adapter/`` or ``model/``); with
+      ``backend: serve`` model names on an OpenAI-compatible endpoint reached through
+      :class:`edray.serve.client.ModelClient`.
 Outputs, in ``runs/<run>/round_<k>/evaluate/``:
     - ``predictions.parquet`` (``EVAL_PREDICTIONS_SCHEMA``): one scored answer per model, suite and row;
     - ``scores.parquet`` (``EVAL_SCORES_SCHEMA``): accuracy and standard error per model, suite, task and
@@ -23,8 +24,6 @@ A model call that fails is recorded in the row's ``failure`` column and scored w
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,10 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edray.aio import run_sync
+from edray.data.parquet_rows import read_eval_rows
 from edray.evaluate import core
-from edray.evaluate.config import EvaluateConfig, ModelSpec
-from edray.data.readers import EVAL_REQUIRED_COLUMNS as REQUIRED_COLUMNS
-from edray.data.readers import read_parquet_rows
+from edray.evaluate.config import EvaluateConfig, GenerationConfig, ModelSpec
 from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import (
     EVAL_PREDICTIONS,
@@ -49,6 +47,7 @@ from edray.schemas import (
     TRAIN_ADAPTER,
     TRAIN_MODEL,
 )
+from edray.serve.engine import ChatRequest, ChatResult
 
 log = logging.getLogger(__name__)
 
@@ -59,33 +58,14 @@ STAGE = "evaluate"
 
 
 def read_suite(paths: Sequence[str], limit: int | None = None, split: str | None = None) -> list[dict[str, Any]]:
-    """Evaluation rows from one or more Parquet files or folders, in a stable order (by id).
-
-    Args:
-        paths: Parquet files or folders in ``EVAL_SCHEMA``.
-        limit: keep the first N rows (by id).
-        split: keep only rows of this split (``None``: all).
+    """Evaluation rows from one or more Parquet files or folders, in a stable order (by id); see
+    :func:`edray.data.parquet_rows.read_eval_rows`.
 
     Raises:
         FileNotFoundError: a path does not exist.
         ValueError: a required column is missing, an id repeats, or no row is left.
     """
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        found = read_parquet_rows(path, REQUIRED_COLUMNS, "evaluation split (EVAL_SCHEMA)")
-        rows.extend(r for r in found if split is None or r.get("split") == split)
-    seen: set[str] = set()
-    for r in rows:
-        r["id"] = str(r["id"])
-        if r["id"] in seen:
-            raise ValueError(f"evaluation split(s) {list(paths)}: id {r['id']!r} appears more than once")
-        seen.add(r["id"])
-    rows.sort(key=lambda r: r["id"])
-    if limit is not None:
-        rows = rows[:limit]
-    if not rows:
-        raise ValueError(f"evaluation split(s) {list(paths)}: no rows" + (f" of split {split!r}" if split else ""))
-    return rows
+    return read_eval_rows(list(paths), "evaluation split(s)", split=split, limit=limit)
 
 
 @dataclass(frozen=True)
@@ -128,80 +108,46 @@ def resolve_model(spec: ModelSpec, base: ModelSpec) -> ResolvedModel:
 # --- answering ---------------------------------------------------------------------------------------
 
 
-class TransformersStudent:
-    """A model answered in-process by the world student's batched greedy generation
-    (:func:`edray.world.student_eval.evaluate_student`).
+class EngineStudent:
+    """A model answered in-process by serve's transformers engine, many prompts per ``generate`` call
+    (:meth:`edray.serve.transformers_engine.TransformersEngine.generate_batch`).
 
-    A LoRA adapter is merged into a copy of its base model in a temporary folder first, since that
-    generation loads a model folder.
+    Requests have the layout the served API gives the engine (the images, then the text, in one user
+    turn), so in-process and served answers of the same weights are the same.
 
     Args:
         model: where the weights are (a model folder, optionally a peft adapter over it).
         config: decoding settings (batch size, max tokens, threads).
-        scratch: folder for the merged copy of an adapter model (removed by the caller).
 
     Raises:
-        FileNotFoundError: the folder holds no safetensors weights.
+        EngineError: the folder is missing or holds no safetensors weights, or the adapter folder is
+            not a peft adapter.
     """
 
-    def __init__(self, model: ResolvedModel, config: Any, scratch: Path) -> None:
+    def __init__(self, model: ResolvedModel, config: GenerationConfig) -> None:
+        from edray.serve.transformers_engine import TransformersEngine
+
         assert model.path is not None
-        if not any(Path(model.path).glob("*.safetensors")):
-            raise FileNotFoundError(f"model {model.name!r}: {model.path} holds no .safetensors weights")
         self.config = config
-        self.folder = merge_adapter(model.path, model.adapter, scratch / model.name) if model.adapter else Path(model.path)
-
-    def _generate(self, prompts: Sequence[str], images: Sequence[Sequence[bytes]]) -> list[str]:
-        from edray.world.student_eval import evaluate_student
-
-        rows = [
-            # The layout the serve client sends (images first, then the text), as one content string.
-            {"id": str(i), "images": list(imgs), "messages": [{"role": "user", "content": "\n".join([IMAGE_PLACEHOLDER] * len(imgs) + [p])}],
-             "answer": "", "answer_type": "open", "choices": None}
-            for i, (p, imgs) in enumerate(zip(prompts, images))
-        ]  # fmt: skip
-        report = evaluate_student(
-            self.folder, rows, batch_size=self.config.batch_size, max_new_tokens=self.config.max_tokens,
-            torch_threads=self.config.torch_threads or None,
-        )  # fmt: skip
-        by_id = {p["id"]: p["reply"] for p in report.predictions}
-        return [by_id[str(i)] for i in range(len(rows))]
+        adapters = {model.name: model.adapter} if model.adapter else {}
+        base_name = f"{model.name}-base" if model.adapter else model.name
+        self.engine = TransformersEngine(base_name, model.path, adapters, torch_threads=config.torch_threads)
+        self.model = model.name
 
     def answer(self, prompts: Sequence[str], images: Sequence[Sequence[bytes]]) -> list[tuple[str | None, str | None]]:
-        """Greedy answers, ``(text, None)`` or ``(None, failure)`` per prompt, in order.
-
-        When the batched pass fails (an unreadable image, a prompt too long), rows are answered one by
-        one so that a bad row fails alone and the others still count.
-        """
-        try:
-            return [(t, None) for t in self._generate(prompts, images)]
-        except Exception as exc:  # noqa: BLE001 - isolate the failing rows below
-            log.warning("evaluate: batched answering failed (%s); answering row by row", exc)
-        out: list[tuple[str | None, str | None]] = []
-        for p, imgs in zip(prompts, images):
-            try:
-                out.append((self._generate([p], [imgs])[0], None))
-            except Exception as exc:  # noqa: BLE001 - recorded as the row's failure
-                out.append((None, f"{type(exc).__name__}: {exc}"[:500]))
-        return out
-
-
-def merge_adapter(base: str, adapter: str, out: Path) -> Path:
-    """Merge a peft LoRA adapter into its base model and save the result (with the base's processor).
-
-    Returns:
-        ``out``, a model folder transformers loads.
-    """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    net = AutoModelForImageTextToText.from_pretrained(base, use_safetensors=True, trust_remote_code=False, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(net, adapter).merge_and_unload()
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out, safe_serialization=True)
-    AutoProcessor.from_pretrained(base, trust_remote_code=False).save_pretrained(out)
-    return out
+        """Greedy answers, ``(text, None)`` or ``(None, failure)`` per prompt, in order."""
+        requests = [
+            ChatRequest(
+                model=self.model,
+                messages=[{"role": "user", "content": IMAGE_PLACEHOLDER * len(imgs) + p}],
+                images=list(imgs),
+                max_tokens=self.config.max_tokens,
+                temperature=0.0,
+            )
+            for p, imgs in zip(prompts, images)
+        ]
+        results = run_sync(self.engine.generate_batch(requests, self.config.batch_size))
+        return [(r.text, None) if isinstance(r, ChatResult) else (None, f"HTTP {r.status}: {r}"[:500]) for r in results]
 
 
 def answer_with_client(
@@ -268,7 +214,6 @@ def _answer_all(
     images: dict[str, list[list[bytes]]],
     config: EvaluateConfig,
     client: Any,
-    scratch: Path,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Every model's scored predictions on every suite, and the seconds each model took."""
     predictions: list[dict[str, Any]] = []
@@ -276,13 +221,13 @@ def _answer_all(
     for model in models:
         t0 = time.time()
         if config.backend == "transformers":
-            answer = TransformersStudent(model, config.generation, scratch).answer
+            answer = EngineStudent(model, config.generation).answer
         else:
             from edray.serve.client import ModelClient
 
             cl = client or ModelClient(config.client.model_copy(update={"model": model.served_name}))
             answer = lambda p, i, cl=cl, m=model: answer_with_client(cl, m.served_name, p, i, config.generation.max_tokens)  # noqa: E731
-        # One pass over both suites: the in-process backend loads the model once per call.
+        # One pass over both suites: the in-process backend loads the model once per model.
         names = list(suites)
         replies = answer([p for s in names for p in prompts[s]], [i for s in names for i in images[s]])
         offset = 0
@@ -324,6 +269,7 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
 
     Raises:
         FileNotFoundError, ValueError: a split or model folder is missing or unusable.
+        EngineError: the transformers engine cannot load a model folder (no safetensors weights).
     """
     st = stage(config, run_dir)
     models = _models(config)
@@ -338,13 +284,7 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
         images = {s: [list(r["images"] or []) for r in rows] for s, rows in suites.items()}
 
         started = time.time()
-        predictions: list[dict[str, Any]] = []
-        timings: dict[str, float] = {}
-        scratch = Path(tempfile.mkdtemp(prefix="edray-evaluate-"))
-        try:
-            predictions, timings = _answer_all(models, suites, prompts, images, config, client, scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        predictions, timings = _answer_all(models, suites, prompts, images, config, client)
         scores = core.accuracy_table(predictions)
         summary = core.summarize(scores, models[0].name, config.cap_retention)
         pq.write_table(pa.Table.from_pylist(predictions, schema=EVAL_PREDICTIONS_SCHEMA), tmp / EVAL_PREDICTIONS)

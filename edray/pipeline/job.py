@@ -277,7 +277,7 @@ def served(cfg: RunConfig, student: Path, name: str = STUDENT_NAME) -> Iterator[
 
 def _tuned_student(run_dir: Path, round_index: int, base: Path) -> Path:
     """The model folder round k+1 starts from: round k's full model, or its adapter merged into ``base``."""
-    from edray.evaluate.job import merge_adapter
+    from edray.train.export import merge_adapter
     from edray.schemas import TRAIN_ADAPTER, TRAIN_MODEL
 
     train_dir = StageDir(run_dir, "train", round_index).path

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edray.index.core import instruction_and_answer
-from edray.data.readers import read_parquet_rows
+from edray.data.parquet_rows import read_parquet_rows
 from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import ERRORS, GAPS, SELECTION
 from edray.select import core

@@ -3,7 +3,8 @@
 Runs wherever torch runs (no vLLM needed). Weights load from safetensors only; code shipped in the
 model folder runs only when the config sets ``trust_remote_code``. Requests run one at a time on a
 dedicated thread (generation holds the model's adapter selection), so the event loop stays free to
-accept and stream.
+accept and stream; :meth:`TransformersEngine.generate_batch` answers many greedy requests per
+``generate`` call for offline evaluation.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,28 @@ class TransformersEngine:
     # --- request preparation --------------------------------------------------------------------
 
     def _inputs(self, request: ChatRequest) -> dict[str, Any]:
+        prompt, images = self._prompt_and_images(request)
+        kwargs: dict[str, Any] = {"text": prompt, "return_tensors": "pt"}
+        if images:
+            kwargs["images"] = images
+        inputs = dict(self.processor(**kwargs))
+        error = self._length_error(int(inputs["input_ids"].shape[1]), request.max_tokens)
+        if error is not None:
+            raise error
+        return self._on_device(inputs)
+
+    def _length_error(self, n_prompt: int, max_tokens: int) -> EngineError | None:
+        """The refusal of a prompt of ``n_prompt`` tokens with ``max_tokens`` to generate, if it is too long."""
+        if n_prompt + max_tokens <= self.max_total_tokens:
+            return None
+        return EngineError(
+            f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds this model's limit of "
+            f"{self.max_total_tokens} tokens",
+            status=400,
+        )
+
+    def _prompt_and_images(self, request: ChatRequest) -> tuple[str, list[Any]]:
+        """The request's chat-templated prompt and decoded images, or the :class:`EngineError` refusing it."""
         from PIL import Image
 
         if request.model not in self.model_ids():
@@ -132,18 +155,7 @@ class TransformersEngine:
                 images.append(Image.open(io.BytesIO(data)).convert("RGB"))
             except Exception as exc:
                 raise EngineError(f"images[{i}]: not a readable image ({type(exc).__name__})", status=400) from None
-        kwargs: dict[str, Any] = {"text": prompt, "return_tensors": "pt"}
-        if images:
-            kwargs["images"] = images
-        inputs = dict(self.processor(**kwargs))
-        n_prompt = int(inputs["input_ids"].shape[1])
-        if n_prompt + request.max_tokens > self.max_total_tokens:
-            raise EngineError(
-                f"prompt ({n_prompt} tokens) + max_tokens ({request.max_tokens}) exceeds this model's limit of "
-                f"{self.max_total_tokens} tokens",
-                status=400,
-            )
-        return self._on_device(inputs)
+        return prompt, images
 
     # --- device ---------------------------------------------------------------------------------
 
@@ -310,3 +322,111 @@ class TransformersEngine:
                     break
         finally:
             await future
+
+    # --- batched generation (offline evaluation) ------------------------------------------------
+
+    async def generate_batch(self, requests: Sequence[ChatRequest], batch_size: int = 32) -> list[ChatResult | EngineError]:
+        """Complete many requests, greedy ones ``batch_size`` at a time in one padded ``generate`` call.
+
+        Offline evaluation answers thousands of prompts; one ``generate`` per prompt leaves most of the
+        CPU idle. Greedy requests for the same model, token budget and stop strings share a batch
+        (left-padded, so every row's reply starts at the same position); sampled requests and requests
+        that ask for logprobs run one at a time, as :meth:`generate` runs them. A batch that fails as a
+        whole is answered row by row, so a bad request fails alone.
+
+        Args:
+            requests: the requests, in any mix of models served by this engine.
+            batch_size: rows per ``generate`` call.
+
+        Returns:
+            One :class:`ChatResult`, or the :class:`EngineError` refusing that request, per request, in order.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._generate_batch_sync, list(requests), batch_size)
+
+    def _generate_batch_sync(self, requests: list[ChatRequest], batch_size: int) -> list[ChatResult | EngineError]:
+        out: list[ChatResult | EngineError | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[tuple[int, str, list[Any]]]] = {}
+        for i, request in enumerate(requests):
+            if request.temperature > 0 or request.logprobs:
+                out[i] = self._generate_one(request)
+                continue
+            try:
+                prompt, images = self._prompt_and_images(request)
+            except EngineError as exc:
+                out[i] = exc
+                continue
+            key = (request.model, request.max_tokens, tuple(request.stop or ()))
+            groups.setdefault(key, []).append((i, prompt, images))
+        for rows in groups.values():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                try:
+                    results = self._generate_chunk([requests[i] for i, _, _ in chunk], chunk)
+                except Exception:  # noqa: BLE001 - one bad row must not fail its batch: answer row by row
+                    results = [self._generate_one(requests[i]) for i, _, _ in chunk]
+                for (i, _, _), result in zip(chunk, results):
+                    out[i] = result
+        assert all(r is not None for r in out)
+        return out  # type: ignore[return-value]
+
+    def _generate_one(self, request: ChatRequest) -> ChatResult | EngineError:
+        try:
+            return self._generate_sync(request)
+        except EngineError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - one bad row (an image the processor refuses) fails alone
+            return EngineError(f"{type(exc).__name__}: {exc}"[:500], 500)
+
+    def _generate_chunk(
+        self, requests: list[ChatRequest], rows: list[tuple[int, str, list[Any]]]
+    ) -> list[ChatResult | EngineError]:
+        """One padded ``generate`` over requests that share model, ``max_tokens`` and ``stop``."""
+        import torch
+
+        first = requests[0]
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"  # rows end where generation starts; the engine thread is the only user
+        try:
+            images = [img for _, _, imgs in rows for img in imgs]
+            kwargs: dict[str, Any] = {"text": [p for _, p, _ in rows], "padding": True, "return_tensors": "pt"}
+            if images:
+                kwargs["images"] = images
+            inputs = dict(self.processor(**kwargs))
+        finally:
+            tok.padding_side = side
+        lengths = [int(n) for n in inputs["attention_mask"].sum(dim=1)]
+        too_long = [self._length_error(n, first.max_tokens) for n in lengths]
+        if any(too_long):
+            # Rare: answer the rows that fit together, refuse the others as a single request is refused.
+            keep = [k for k, error in enumerate(too_long) if error is None]
+            results: list[ChatResult | EngineError | None] = list(too_long)
+            if keep:
+                kept = self._generate_chunk([requests[k] for k in keep], [rows[k] for k in keep])
+                for k, r in zip(keep, kept):
+                    results[k] = r
+            return results  # type: ignore[return-value]
+        width = int(inputs["input_ids"].shape[1])
+        with torch.inference_mode(), self._select_adapter(first.model):
+            sequences = self.model.generate(**self._on_device(inputs), **self._generate_kwargs(first))
+        eos, pad = self._eos_ids(), tok.pad_token_id
+        results = []
+        for k, n_prompt in enumerate(lengths):
+            ids = sequences[k, width:].tolist()
+            generated = len(ids)
+            stop_at = next((j for j, t in enumerate(ids) if t in eos), None)
+            if stop_at is not None:
+                ids, generated = ids[:stop_at], stop_at + 1
+            else:
+                while ids and ids[-1] == pad:  # a row that stopped on a stop string is padded after it
+                    ids.pop()
+                generated = len(ids)
+            finish = "stop" if stop_at is not None or generated < first.max_tokens else "length"
+            text = tok.decode(ids, skip_special_tokens=True)
+            for s in first.stop or ():
+                cut = text.find(s)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+            results.append(ChatResult(text=text, finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=generated))
+        return results

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,21 @@ from edray.serve.engine import ChatRequest, ChatResult, EngineError, TokenLogpro
 LORA_PATHS_KEY = "edray_lora_paths"
 
 
+@dataclass(frozen=True)
+class LocalAdapter:
+    """A LoRA adapter on local disk, as Ray Serve LLM's multiplexer hands it to its vLLM engine.
+
+    The engine reads ``model_id`` and ``local_path`` (it loads the adapter by name from that folder);
+    the other two fields are the ones Ray's own adapter record carries. Our own record, so that edray
+    depends only on ``ray.serve.llm``'s public API.
+    """
+
+    model_id: str
+    local_path: str
+    max_total_tokens: int | None
+    lora_assigned_int_id: int
+
+
 class LocalLoraLoader:
     """Resolves a served adapter name to its local peft folder (replaces Ray's cloud downloader).
 
@@ -28,16 +44,19 @@ class LocalLoraLoader:
     """
 
     def __init__(self, download_timeout_s: float | None = None, max_tries: int = 1) -> None:
-        self.cache: dict[str, Any] = {}
+        self.cache: dict[str, LocalAdapter] = {}
 
-    async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> Any:
-        from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
+    async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> LocalAdapter:
+        """The adapter named ``lora_model_id`` among the model's configured adapters.
 
+        Raises:
+            ValueError: no adapter of that name is configured.
+        """
         paths: dict[str, str] = llm_config.experimental_configs.get(LORA_PATHS_KEY, {})
         if lora_model_id not in paths:
             raise ValueError(f"adapter {lora_model_id!r} is not configured; configured: {sorted(paths)}")
         if lora_model_id not in self.cache:
-            self.cache[lora_model_id] = DiskMultiplexConfig(
+            self.cache[lora_model_id] = LocalAdapter(
                 model_id=lora_model_id,
                 local_path=paths[lora_model_id],
                 max_total_tokens=llm_config.engine_kwargs.get("max_model_len"),

@@ -14,7 +14,6 @@ model's yes/no prior leaks across skills; restricted accuracy shows whether the 
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -23,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from edray.diagnose.core import parse_steps
-from edray.diagnose.scoring import score_answer
-
-DEFAULT_SCORERS = {"multiple_choice": "choice", "yes_no": "exact", "number": "numeric", "open": "exact"}
+from edray.diagnose.scoring import DEFAULT_SCORERS, score_answer
+from edray.evaluate.core import row_skills
 _STEP_PROMPT = re.compile(r"\bsteps?\b", re.IGNORECASE)
 _WELL_FORMED = re.compile(r"^Step 1: \S.*(\nStep \d+: \S.*)*\nAnswer: \S.*$")
 
@@ -35,7 +33,8 @@ class StudentEvalReport:
     """Accuracy of a student on a set of rows.
 
     Attributes:
-        per_skill: skill -> accuracy (a row counts for each of its skills).
+        per_skill: skill -> accuracy (a row counts for each of its skills; a row naming none counts
+            only toward ``overall``).
         counts: skill -> rows scored.
         overall: accuracy over all rows.
         restricted: skill -> restricted-argmax accuracy (when requested).
@@ -57,19 +56,6 @@ class StudentEvalReport:
         if not with_predictions:
             out.pop("predictions")
         return out
-
-
-def row_skills(row: Mapping[str, Any]) -> list[str]:
-    """The skills a row is credited to: ``metadata.world.skills`` when present, else ``skills``."""
-    meta = row.get("metadata")
-    if meta:
-        try:
-            world = json.loads(meta).get("world", {})
-        except (TypeError, ValueError, AttributeError):
-            world = {}
-        if isinstance(world, dict) and world.get("skills"):
-            return sorted({str(s) for s in world["skills"]})
-    return sorted({str(s) for s in (row.get("skills") or [])}) or ["unknown"]
 
 
 def _candidates(row: Mapping[str, Any], answers_by_task: Mapping[str, set[str]]) -> list[str]:

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from edray.cli import app
-from edray.data.core import reason_category
+from edray.data.quarantine import reason_category
 from tests.fixtures.data import BAD_CORPUS_LIMITS, support_records, write_llava
 
 runner = CliRunner()

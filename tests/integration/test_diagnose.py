@@ -45,8 +45,7 @@ def test_diagnose_over_http_with_cache_and_skip(served_app, pipeline_world, tmp_
     from edray.diagnose.config import DiagnoseConfig
     from tests.fixtures.serve import SERVE_API_KEY_ENV
 
-    if "teacher" not in served_app.names:
-        pytest.skip("the served application has no world teacher")
+    assert "teacher" in served_app.names, "the served application must serve the world teacher"
     client = {"base_url": served_app.base_url, "api_key_env": SERVE_API_KEY_ENV}
     cfg = DiagnoseConfig.model_validate(
         {

@@ -116,11 +116,14 @@ def test_bm25_dense_hybrid_find_the_skill(indexed) -> None:
         assert scores == sorted(scores, reverse=True)
         good = sum("counting_by_color" in truth[i] for i in hits.column("id").to_pylist())
         assert good >= 8, f"{mode}: only {good}/10 hits exercise counting_by_color"
-    # Filters apply before ranking.
-    some_task = rows[0]["id"]
-    only = search(handle.table, "counting objects of a given colour", mode="hybrid", k=5, embed=handle.embed,
-                  filters={"id": [some_task]})
-    assert only.column("id").to_pylist() in ([some_task], [])
+    # Filters apply before ranking: rows outside the unfiltered top 10 come back when the filter keeps
+    # only them (a filter applied after ranking would leave nothing).
+    query = "counting objects of a given colour"
+    top = set(search(handle.table, query, mode="hybrid", k=10, embed=handle.embed).column("id").to_pylist())
+    outside = sorted(r["id"] for r in rows if r["id"] not in top)[:3]
+    for mode in ("dense", "hybrid"):
+        only = search(handle.table, query, mode=mode, k=5, embed=handle.embed, filters={"id": outside})
+        assert sorted(only.column("id").to_pylist()) == outside, mode
 
 
 def test_growing_pool_indexes_only_new_rows(indexed, index_world_pool) -> None:

@@ -4,7 +4,6 @@ transformers, and a second call with the same config is a cache hit."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -30,10 +29,12 @@ def test_ci_pretraining_lowers_the_loss_and_is_cached(pretrained_student_dir, tm
 
     manifest = json.loads((pretrained_student_dir / "manifest.json").read_text())
     assert manifest["counts"] == {"rows": cfg.num_rows, "steps": cfg.steps}
-    started = time.monotonic()
+    # A cache hit rewrites nothing: the weights and the manifest keep their bytes and modification times.
+    files = sorted(pretrained_student_dir.glob("*.safetensors")) + [pretrained_student_dir / "manifest.json"]
+    before = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files}
     again = pretrain_student(cfg, pretrained_student_dir)
     assert again == pretrained_student_dir
-    assert time.monotonic() - started < 5
+    assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files} == before
     assert json.loads((again / "manifest.json").read_text())["finished_at"] == manifest["finished_at"]
 
     AutoProcessor.from_pretrained(pretrained_student_dir)

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from edray.data.config import ReadConfig
-from edray.data.core import normalize_record, reason_category
+from edray.data.core import normalize_record
+from edray.data.quarantine import reason_category
 from edray.data.readers import read_and_split, read_samples, split_batch
 from edray.schemas import EVAL_SCHEMA, QUARANTINE_SCHEMA, SUPPORT_SCHEMA
 from tests.fixtures.data import (

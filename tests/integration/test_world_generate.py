@@ -81,7 +81,10 @@ def test_cli_generates_a_world(ray_session, tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["pool"]["mix"] == {"attribute_binding": 0.01}
     bad = CliRunner().invoke(app, ["world", "generate", "--out", str(tmp_path / "x"), "--mix", "juggling=1"])
-    assert bad.exit_code != 0
+    # A config error (exit code 2, the message naming the bad skill), not a crash, and nothing written.
+    assert bad.exit_code == 2 and isinstance(bad.exception, SystemExit), bad.output
+    assert "config error" in bad.output and "juggling" in bad.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_world_dir_fixture_layout(world_dir: Path) -> None:

@@ -45,9 +45,17 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, set[str]]:
-    """Return {canonical name: versions} of every distribution importable in this interpreter."""
+    """Return {canonical name: versions} of every distribution installed in this interpreter's site-packages.
+
+    Only the environment's own site-packages count: setuptools puts its vendored packages' folder on
+    ``sys.path`` once anything imports it, and those copies are not installed distributions.
+    """
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
     found: dict[str, set[str]] = {}
-    for dist in importlib.metadata.distributions():
+    for dist in importlib.metadata.distributions(path=sorted(roots)):
         name = dist.metadata["Name"]
         if name:
             found.setdefault(canonicalize_name(name), set()).add(dist.version)

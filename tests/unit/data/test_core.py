@@ -9,18 +9,10 @@ import pyarrow as pa
 import pytest
 
 from edray.data.config import ReadConfig
-from edray.data.core import (
-    REASONS,
-    content_id,
-    image_error,
-    image_path_of,
-    mark_duplicates_in_table,
-    normalize_record,
-    read_row,
-    reason_category,
-    rows_to_table,
-    split_quarantine,
-)
+from edray.data.core import content_id, normalize_record
+from edray.data.dedup import mark_duplicates_in_table
+from edray.data.images import image_error, image_path_of
+from edray.data.quarantine import REASONS, read_row, reason_category, rows_to_table, split_quarantine
 from edray.schemas import EVAL_SCHEMA, QUARANTINE_SCHEMA, SUPPORT_SCHEMA
 from tests.fixtures.data import png_bytes
 
@@ -84,9 +76,19 @@ def test_content_id_is_stable_and_content_sensitive():
     d, _ = norm({"images": [png_bytes((1, 2, 4), (8, 8))], "messages": conv()})
     assert a["id"] == b["id"] == content_id(a["messages"], [PNG])
     assert len({a["id"], c["id"], d["id"]}) == 3
-    # Known value: a change in the hashing scheme would silently change every derived id.
-    assert content_id([{"role": "user", "content": "q"}], []) == content_id([{"role": "user", "content": "q"}], [])
-    assert len(a["id"]) == 32 and int(a["id"], 16) >= 0
+    assert len(a["id"]) == 32 and set(a["id"]) <= set("0123456789abcdef")
+
+
+def test_content_id_known_values():
+    # Known values: a change in the hashing scheme would silently change every derived id. Each is the
+    # first 32 hex digits of SHA-256 over the canonical JSON (sorted keys, no spaces, images as their
+    # own SHA-256), computed by hand from the JSON text shown.
+    # sha256('{"images":[],"messages":[["user","q"]]}')
+    assert content_id([{"role": "user", "content": "q"}], []) == "01612374fd3e216f66de0e15a0c0e355"
+    # sha256('{"answer":"B","choices":["red","blue"],"images":["075f8e3f...d9bb"],"messages":[["user","<image>\\nWhich?"]]}')
+    # where 075f8e3f22fcb592f1c27b086375ceeaacc767bd43a4583cffd38685d3a1d9bb = sha256(b"\x89PNG fake")
+    got = content_id([{"role": "user", "content": "<image>\nWhich?"}], [b"\x89PNG fake"], "B", ["red", "blue"])
+    assert got == "f373bcf7f3f297995bcc8d1760401c0f"
 
 
 # (raw record, expected field, expected reason category): each a distinct problem.

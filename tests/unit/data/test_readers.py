@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from edray.data.readers import _iter_json_array, _JsonArrayError, detect_format
+from edray.data.formats import detect_format
+from edray.data.json_stream import JsonArrayError, iter_json_array
 from tests.fixtures.data import support_records, write_hf, write_jsonl, write_lance, write_llava, write_parquet
 
 
@@ -34,7 +35,7 @@ def test_json_array_stream_matches_json_load(tmp_path, chunk):
     items = [{"id": i, "text": "é" * i + '"quoted" ]}', "n": [i, i * 1.5]} for i in range(30)]
     p = tmp_path / "a.json"
     p.write_text(json.dumps(items, indent=2, ensure_ascii=False))
-    assert list(_iter_json_array(str(p), max_element_chars=1 << 20, chunk_chars=chunk)) == items
+    assert list(iter_json_array(str(p), max_element_chars=1 << 20, chunk_chars=chunk)) == items
 
 
 @pytest.mark.parametrize(
@@ -51,16 +52,16 @@ def test_json_array_stream_matches_json_load(tmp_path, chunk):
 def test_json_array_stream_reports_the_break(tmp_path, text, n_ok, index):
     p = tmp_path / "b.json"
     p.write_text(text)
-    out = list(_iter_json_array(str(p), max_element_chars=1 << 20, chunk_chars=4))
-    assert [o for o in out if not isinstance(o, _JsonArrayError)] == [{"a": i + 1} for i in range(n_ok)]
-    assert isinstance(out[-1], _JsonArrayError) and out[-1].index == index
+    out = list(iter_json_array(str(p), max_element_chars=1 << 20, chunk_chars=4))
+    assert [o for o in out if not isinstance(o, JsonArrayError)] == [{"a": i + 1} for i in range(n_ok)]
+    assert isinstance(out[-1], JsonArrayError) and out[-1].index == index
     assert out[-1].reason.split(":")[0] in ("invalid JSON", "unreadable file")
 
 
 def test_json_array_stream_empty_array_and_bad_utf8(tmp_path):
     p = tmp_path / "c.json"
     p.write_text(" [ ] ")
-    assert list(_iter_json_array(str(p), 1 << 20)) == []
+    assert list(iter_json_array(str(p), 1 << 20)) == []
     p.write_bytes(b'[{"t": "caf\xe9"}, {"t": "ok"}]')
-    out = list(_iter_json_array(str(p), 1 << 20))
+    out = list(iter_json_array(str(p), 1 << 20))
     assert out[1] == {"t": "ok"} and out[0]["t"] == "caf\udce9"  # kept, so the record alone is quarantined

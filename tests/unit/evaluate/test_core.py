@@ -119,6 +119,30 @@ def test_row_skills_prefers_world_ground_truth():
     assert core.row_skills({"skills": ["x"], "metadata": json.dumps({"other": 1})}) == ["x"]
 
 
+@pytest.mark.parametrize(
+    "row",
+    [
+        {},
+        {"skills": None, "metadata": None},
+        {"skills": [], "metadata": json.dumps({"world": {"skills": []}})},
+        {"skills": None, "metadata": json.dumps(["not", "an", "object"])},
+    ],
+)
+def test_row_skills_of_a_row_naming_none_is_empty(row):
+    # Never an invented skill such as "unknown": it would get a per-skill score of its own and could
+    # collide with a real skill of that name. Such a row counts toward its task and overall only.
+    assert core.row_skills(row) == []
+    assert core.row_skills(row, source="row") == []
+    scores = core.accuracy_table([_p("m", "target", "t", core.row_skills(row), True)])
+    assert {s["skill"] for s in scores} == {SCORE_ALL}
+
+
+def test_world_student_eval_uses_the_evaluate_row_skills():
+    from edray.world import student_eval
+
+    assert student_eval.row_skills is core.row_skills
+
+
 def test_score_reply_uses_diagnose_parsing_and_scoring():
     mc = {"answer": "B", "answer_type": "multiple_choice", "choices": ["red", "blue"]}
     right = core.score_reply(mc, "Step 1: The square is blue.\nAnswer: B", None, SCORERS)

@@ -97,3 +97,44 @@ def test_scoring_a_given_reply(engine):
         logits = engine.model(**inputs).logits[0, -1].float()
     expected = torch.log_softmax(logits, -1)[int(red.prompt_logprobs[-1][0])]
     assert red.prompt_logprobs[-1][1] == pytest.approx(float(expected), abs=1e-4)
+
+
+def _mixed_requests() -> list[ChatRequest]:
+    """Prompts of different lengths (so rows are padded), with and without images, base and adapter."""
+    questions = ["What color is the shape?", "Is there a red square in the picture at all?", "How many?"]
+    out = []
+    for i, q in enumerate(questions * 2):
+        images = [png_bytes()] if i % 3 != 2 else []
+        out.append(ChatRequest(model="s", messages=[{"role": "user", "content": "<image>" * len(images) + q}], images=images, max_tokens=6))
+    out.append(ChatRequest(model="s-tuned", messages=[{"role": "user", "content": "<image>How many?"}], images=[png_bytes()], max_tokens=6))
+    return out
+
+
+def test_batched_greedy_replies_equal_one_at_a_time(engine):
+    requests = _mixed_requests()
+    batched = run(engine.generate_batch(requests, batch_size=4))
+    single = [run(engine.generate(r)) for r in requests]
+    assert [b.text for b in batched] == [s.text for s in single]
+    assert [b.finish_reason for b in batched] == [s.finish_reason for s in single]
+    assert [b.prompt_tokens for b in batched] == [s.prompt_tokens for s in single]
+    assert [b.completion_tokens for b in batched] == [s.completion_tokens for s in single]
+    # The adapter row is answered by the adapter: the base gives another greedy reply to it.
+    base_reply = run(engine.generate(ChatRequest(model="s", messages=requests[-1].messages, images=requests[-1].images, max_tokens=6)))
+    assert batched[-1].text != base_reply.text
+
+
+def test_batched_bad_rows_fail_alone(engine):
+    good = _mixed_requests()[:3]
+    bad = [
+        ChatRequest(model="s", messages=[{"role": "user", "content": "<image>x"}], images=[b"nope"]),
+        ChatRequest(model="other", messages=[{"role": "user", "content": "x"}]),
+        # Too long for the engine's 64 tokens, in the same batch as the good rows (same max_tokens).
+        ChatRequest(model="s", messages=[{"role": "user", "content": "red " * 80}], max_tokens=6),
+    ]
+    out = run(engine.generate_batch([bad[0], good[0], bad[1], good[1], bad[2], good[2]], batch_size=8))
+    refusals = [out[0], out[2], out[4]]
+    assert all(isinstance(r, EngineError) for r in refusals)
+    assert [r.status for r in refusals] == [400, 404, 400] and "exceeds" in str(out[4])
+    with pytest.raises(EngineError, match="exceeds"):
+        run(engine.generate(bad[2]))
+    assert [r.text for r in (out[1], out[3], out[5])] == [run(engine.generate(g)).text for g in good]

@@ -25,7 +25,7 @@ from edray.world.skills import (
     split_words,
     vocabulary,
 )
-from edray.world.tasks import KINDS
+from edray.world.questions import KINDS
 
 SCENE = Scene(
     32,

@@ -163,7 +163,8 @@ def test_evaluate_student_scores_every_row_per_skill(tiny_dir):
     assert len(report.predictions) == 3
     for p in report.predictions:
         assert p["correct"] == (p["prediction"].strip().lower() == p["gold"])
-    assert 0.0 <= report.overall <= 1.0
+    assert report.overall == sum(p["correct"] for p in report.predictions) / 3
+    assert report.per_skill["color_recognition"] == sum(p["correct"] for p in report.predictions[:2]) / 2
     # Restricted argmax always picks one of the possible answers, so each row gets a verdict.
     assert all(isinstance(p["restricted_correct"], bool) for p in report.predictions)
     assert set(report.restricted) == {"color_existence", "color_recognition"}

@@ -7,9 +7,9 @@ import string
 
 from edray.world.config import SceneConfig
 from edray.world.skills import SKILL_NAMES, check_step, parse_step, split_steps
+from edray.world.questions import KINDS
 from edray.world.tasks import (
     GENERAL_SUITE,
-    KINDS,
     SOURCE_TASKS,
     TARGET_TASKS,
     identify_task,
