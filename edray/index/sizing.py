@@ -40,9 +40,11 @@ def size_index(config: IndexConfig, shape: ClusterShape) -> IndexSizes:
         Demand("read tasks", 1, config.read.num_cpus, fields=("read.num_cpus",)),
         Demand("validation tasks", 1, config.prepare_num_cpus, fields=("prepare_num_cpus",)),
     ]
-    annotate_actors, annotate_cpus = 0, 0.0
-    if a.backend != "vllm":
-        # The vLLM backend runs its own GPU engine actors through ray.data.llm, sized by vllm_gpus_per_actor.
+    if a.backend == "vllm":
+        # ray.data.llm runs its own GPU engine actors (vllm_gpus_per_actor); before them, one cache-lookup actor.
+        annotate_actors, annotate_cpus = 1, a.num_cpus
+        demands.append(Demand("cache-lookup actors", 1, a.num_cpus, fields=("annotate.num_cpus",)))
+    else:
         annotate_actors, annotate_cpus = a.actors, a.num_cpus
         demands.append(Demand("annotator actors", a.actors, a.num_cpus, fields=("annotate.actors", "annotate.num_cpus")))
     if e.num_gpus > 0:
