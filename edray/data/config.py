@@ -58,8 +58,11 @@ class ReadConfig(EdrayModel):
         description="split for evaluation records that carry none (a Hugging Face DatasetDict uses its split names).",
     )
     batch_rows: int = Field(256, ge=1, le=65536, description="Rows per normalized batch produced by a read task.")
+    # 0.5, not the 0.25 of the index's validation tasks and annotators: Ray Data fuses consecutive operators
+    # whose resources are equal, and a read fused into the annotator actor reads every file serially there
+    # and hands the writer whole files (one commit at the end instead of one per commit_rows).
     num_cpus: float = Field(
-        0.25,
+        0.5,
         gt=0,
         le=64,
         description="CPUs Ray reserves per read task. Reading is light next to annotation and embedding, and a "

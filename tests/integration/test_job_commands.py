@@ -155,6 +155,6 @@ def test_a_size_the_cluster_cannot_hold_fails_at_once_naming_the_fields(tmp_path
     assert elapsed < 20, f"took {elapsed:.0f} s"
     message = proc.stderr
     assert "resource error: index cannot run on this cluster (2 CPU" in message
-    assert "it needs 3.75 CPU at once and the cluster has 2" in message
+    assert "it needs 4 CPU at once and the cluster has 2" in message
     assert "embedder actors (embed.actors x embed.num_cpus): 3 x 1 CPU" in message
     assert not (tmp_path / "run" / "index").exists()
