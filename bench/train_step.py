@@ -50,12 +50,12 @@ class _PlainLoop:
     """The train stage's step without Ray: collate, forward/backward, clip, AdamW, optional SPIDER."""
 
     def __init__(self, cfg: Any, student: Path, rows: list[dict[str, Any]], spider: bool) -> None:
-        from edray.train.job import _build_model
+        from edray.train.model import build_model
         from edray.train.spider import SpiderState
 
         torch.manual_seed(cfg.seed)
         self.cfg, self.rows = cfg, rows
-        self.model, self.processor = _build_model(cfg, str(student))
+        self.model, self.processor = build_model(cfg, str(student))
         self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr)
@@ -126,7 +126,8 @@ def main() -> None:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         t0 = time.perf_counter()
-        stage = job.run(full_cfg, root / "run", student, selection)
+        # one worker would run in process by default; this measures Ray Train's step and start-up
+        stage = job.run(full_cfg.model_copy(update={"runner": "ray_train"}), root / "run", student, selection)
         fit_s = time.perf_counter() - t0
         ray_full = pq.read_table(stage / "metrics.parquet")["step_s"].to_pylist()
         ray.shutdown()

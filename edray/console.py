@@ -77,6 +77,9 @@ def log_session(log_dir: str | os.PathLike[str] | None, name: str, verbose: bool
     try:
         yield path
     finally:
+        from edray.resources import release_ray
+
+        release_ray()
         root.removeHandler(file_handler)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -200,11 +200,27 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         source = str(Path(edray.__file__).resolve().parents[1])
         pythonpath = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
         ray.init(address="local", num_cpus=cpus, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **common)
+        global _OWNED_RAY
+        _OWNED_RAY = True
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
+
+
+_OWNED_RAY = False
+
+
+def release_ray() -> None:
+    """Shut down the private Ray this process started (if any), so its workers' last forwarded output
+    arrives while the console still routes it to the log; a joined cluster is left alone."""
+    global _OWNED_RAY
+    if _OWNED_RAY:
+        import ray
+
+        ray.shutdown()
+        _OWNED_RAY = False
 
 
 def _private_cpus(num_cpus: int | None = None) -> int:

@@ -68,6 +68,11 @@ class EvaluateConfig(EdrayModel):
     models: list[ModelSpec] = Field(
         default_factory=list, max_length=256, description="Tuned students and baseline arms to compare with the base."
     )
+    evaluate_base: bool = Field(
+        True,
+        description="Answer with the base student too. The arm runner evaluates the base once per round and "
+        "each arm alone (false), then collects them into round_<k>/evaluate.",
+    )
     backend: Literal["transformers", "serve"] = Field(
         "transformers",
         description="transformers: load each model in-process (batched greedy, float32, safetensors, no remote code; the CPU "

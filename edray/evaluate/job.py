@@ -23,6 +23,7 @@ A model call that fails is recorded in the row's ``failure`` column and scored w
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from edray.aio import run_sync
 from edray.data.parquet_rows import read_eval_rows
 from edray.evaluate import core
 from edray.evaluate.config import EvaluateConfig, GenerationConfig, ModelSpec
-from edray.rundir import Stage, StageDir, run_stage
+from edray.rundir import MANIFEST, Stage, StageDir, run_stage
 from edray.schemas import (
     EVAL_PREDICTIONS,
     EVAL_PREDICTIONS_SCHEMA,
@@ -241,20 +242,36 @@ def _answer_all(
 
 
 def _models(config: EvaluateConfig) -> list[Any]:
-    specs = [config.base.model_copy(update={"arm": "base"}), *config.models]
+    specs = ([config.base.model_copy(update={"arm": "base"})] if config.evaluate_base else []) + list(config.models)
     return [resolve_model(s, config.base) for s in specs]
 
 
-def stage(config: EvaluateConfig, run_dir: str | Path) -> Stage:
-    """The evaluate stage's identity: ``round_<k>/evaluate``, keyed by the config, the splits and (in
-    process) the model folders it scores."""
+_SUITES: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+
+def _suite(paths: Sequence[str], limit: int | None, split: str | None) -> list[dict[str, Any]]:
+    """:func:`read_suite`, remembered per process and file version: the arms of a grid evaluated one
+    after another in one process read each evaluation set once."""
+    stamps = tuple(max([Path(p).stat().st_mtime_ns] + [f.stat().st_mtime_ns for f in Path(p).rglob("*")]) for p in paths)
+    key = (tuple(paths), stamps, limit, split)
+    if key not in _SUITES:
+        if len(_SUITES) > 8:
+            _SUITES.clear()
+        _SUITES[key] = read_suite(paths, limit, split)
+    return _SUITES[key]
+
+
+def stage(config: EvaluateConfig, run_dir: str | Path, name: str = STAGE) -> Stage:
+    """The evaluate stage's identity: ``round_<k>/<name>`` (``evaluate``; the arm runner evaluates each
+    arm alone in ``evaluate_arm`` and the base in ``evaluate_base``), keyed by the config, the splits and
+    (in process) the model folders it scores."""
     inputs: list[str] = [*config.target, config.general]
     if config.backend == "transformers":
         inputs += sorted({p for m in _models(config) for p in (m.path, m.adapter) if p})
-    return Stage(StageDir(Path(run_dir), STAGE, config.round), config, inputs=inputs)
+    return Stage(StageDir(Path(run_dir), name, config.round), config, inputs=inputs)
 
 
-def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client: Any = None) -> Path:
+def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client: Any = None, name: str = STAGE) -> Path:
     """Run the evaluate stage (skipped when a completed output has the same config and inputs).
 
     Args:
@@ -263,6 +280,7 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
         force: re-run even when a completed output matches.
         client: a client with ``achat_many`` to use instead of one built from ``config.client``
             (serve backend only).
+        name: the stage folder's name under ``round_<k>`` (see :func:`stage`).
 
     Returns:
         The stage folder.
@@ -271,13 +289,13 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
         FileNotFoundError, ValueError: a split or model folder is missing or unusable.
         EngineError: the transformers engine cannot load a model folder (no safetensors weights).
     """
-    st = stage(config, run_dir)
+    st = stage(config, run_dir, name)
     models = _models(config)
 
     def compute(tmp: Path) -> None:
         suites = {
-            "target": read_suite(config.target, config.limit_target, config.split),
-            "general": read_suite([config.general], config.limit_general, config.split),
+            "target": _suite(config.target, config.limit_target, config.split),
+            "general": _suite([config.general], config.limit_general, config.split),
         }
         template = config.generation.templates[config.generation.family]
         prompts = {s: [core.render_prompt(r, template) for r in rows] for s, rows in suites.items()}
@@ -285,25 +303,58 @@ def run(config: EvaluateConfig, run_dir: str | Path, force: bool = False, client
 
         started = time.time()
         predictions, timings = _answer_all(models, suites, prompts, images, config, client)
-        scores = core.accuracy_table(predictions)
-        summary = core.summarize(scores, models[0].name, config.cap_retention)
-        pq.write_table(pa.Table.from_pylist(predictions, schema=EVAL_PREDICTIONS_SCHEMA), tmp / EVAL_PREDICTIONS)
-        pq.write_table(pa.Table.from_pylist(scores, schema=EVAL_SCORES_SCHEMA), tmp / EVAL_SCORES)
-        st.dir.counts.update(
-            {
-                "models": len(models),
-                "target_rows": len(suites["target"]),
-                "general_rows": len(suites["general"]),
-                "predictions": len(predictions),
-                "failures": sum(p["failure"] is not None for p in predictions),
-            }
-        )
-        st.dir.metrics.update(
-            {
-                "summary": [s.as_dict() for s in summary],
-                "seconds_per_model": timings,
-                "wall_s": round(time.time() - started, 3),
-            }
-        )
+        st.dir.counts.update({"models": len(models), "target_rows": len(suites["target"]), "general_rows": len(suites["general"])})
+        _write_scores(st, tmp, predictions, config, base=config.base.name if config.evaluate_base else None)
+        st.dir.metrics.update({"seconds_per_model": timings, "wall_s": round(time.time() - started, 3)})
+
+    return run_stage(st, compute, force=force)
+
+
+def _write_scores(st: Stage, tmp: Path, predictions: list[dict[str, Any]], config: EvaluateConfig, base: str | None) -> None:
+    """Predictions, the accuracy table and (when the base was answered) the per-model summary."""
+    scores = core.accuracy_table(predictions)
+    pq.write_table(pa.Table.from_pylist(predictions, schema=EVAL_PREDICTIONS_SCHEMA), tmp / EVAL_PREDICTIONS)
+    pq.write_table(pa.Table.from_pylist(scores, schema=EVAL_SCORES_SCHEMA), tmp / EVAL_SCORES)
+    st.dir.counts.update(
+        {"predictions": len(predictions), "failures": sum(p["failure"] is not None for p in predictions)}
+    )
+    if base is not None:
+        st.dir.metrics["summary"] = [s.as_dict() for s in core.summarize(scores, base, config.cap_retention)]
+
+
+def collect(config: EvaluateConfig, run_dir: str | Path, parts: Sequence[Path], force: bool = False) -> Path:
+    """Join the evaluated parts of a round (the base and each arm, each evaluated alone) into the
+    round's evaluate stage, as if one evaluate stage had answered with every model.
+
+    Args:
+        config: the round's evaluate config, naming the base and every model.
+        run_dir: the run folder; output goes to ``round_<k>/evaluate``.
+        parts: committed evaluate stage folders whose predictions cover the base and every model.
+
+    Raises:
+        ValueError: a model of ``config`` has no predictions in ``parts``, or two parts answer for one model.
+    """
+    st = Stage(StageDir(Path(run_dir), STAGE, config.round), config, inputs=[Path(p) / EVAL_PREDICTIONS for p in parts],
+               extra={"collect": True})
+
+    def compute(tmp: Path) -> None:
+        tables = [pq.read_table(Path(p) / EVAL_PREDICTIONS) for p in parts]
+        by_model: dict[str, Path] = {}
+        for part, table in zip(parts, tables):
+            for model in set(table["model"].to_pylist()):
+                if model in by_model:
+                    raise ValueError(f"model {model!r} is answered in both {by_model[model]} and {part}")
+                by_model[model] = Path(part)
+        wanted = [config.base.name] + [m.name for m in config.models]
+        missing = [m for m in wanted if m not in by_model]
+        if missing:
+            raise ValueError(f"no predictions for model(s) {missing} in the parts {[str(p) for p in parts]}")
+        predictions = pa.concat_tables(tables).to_pylist()
+        st.dir.counts.update({"models": len(wanted), "parts": len(parts)})
+        _write_scores(st, tmp, predictions, config, base=config.base.name)
+        seconds: dict[str, float] = {}
+        for part in parts:
+            seconds.update(json.loads((Path(part) / MANIFEST).read_text()).get("metrics", {}).get("seconds_per_model", {}))
+        st.dir.metrics["seconds_per_model"] = seconds
 
     return run_stage(st, compute, force=force)

@@ -8,8 +8,13 @@ pretraining recipe; stage sections). Outputs, in the run folder::
     round_<k>/diagnose/         answers, errors, gaps of the student of round k
     round_<k>/select/           the main arm's selection        (arms/<name>/round_0/select for the others)
     round_<k>/train/            the main arm's tuned student     (arms/<name>/round_0/train for the others)
+    round_<k>/evaluate_arm/     the main arm evaluated alone     (arms/<name>/round_0/evaluate_arm for the others)
+    round_<k>/evaluate_base/    the base student evaluated (once per round)
     round_<k>/evaluate/         target accuracy, general retention, combined score of base and every arm
+    arms.parquet                one row per arm and round: status, scores, node, wall time
     report/report.html          the HTML report
+
+The arms of a round run as Ray Tune trials, side by side (:mod:`edray.pipeline.arms`).
 
 Every stage commits with ``_SUCCESS`` and is skipped when its config and inputs are unchanged, so a run
 killed anywhere and started again continues from the last finished stage.
@@ -38,7 +43,7 @@ from edray.console import console, stage_line
 from edray.pipeline.config import ArmConfig, RunConfig, validate_section
 from edray.resources import ensure_ray
 from edray.rundir import MANIFEST, Stage, StageDir, run_stage
-from edray.schemas import RUN_CONFIG, SELECTION, WORLD_EVAL_DIR, WORLD_GENERAL_SUITE, WORLD_POOL_DIR
+from edray.schemas import RUN_CONFIG, WORLD_EVAL_DIR, WORLD_GENERAL_SUITE, WORLD_POOL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,10 @@ def model_digest(folder: Path) -> str:
 
 
 _PLACEHOLDER = "<filled-in-by-run>"
+
+
+class ArmsFailed(RuntimeError):
+    """Some arms of a round failed; the others finished and are recorded."""
 
 
 @dataclass
@@ -324,9 +333,8 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
     from edray.diagnose import job as diagnose_job
     from edray.evaluate import job as evaluate_job
     from edray.index import job as index_job
+    from edray.pipeline import arms as arms_runner
     from edray.report import job as report_job
-    from edray.select import job as select_job
-    from edray.train import job as train_job
 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,10 +345,10 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
     tmp = run_dir / f".{RUN_CONFIG}.tmp"
     tmp.write_text(cfg.model_dump_json(indent=2))
     os.replace(tmp, run_dir / RUN_CONFIG)
-    # world and student (each only when generated here), index, then per round diagnose + evaluate and a
-    # select + train per arm (round 0 runs every arm, later rounds the main arm only), then the report
+    # world and student (each only when generated here), index, then per round: diagnose, the arms as Tune
+    # trials (round 0 runs every arm, later rounds the main arm only) and the collected evaluation; the report
     prepared = int(cfg.world_dir is None) + int(cfg.student is None)
-    total = prepared + 1 + (2 + 2 * len(cfg.arms)) + (cfg.rounds - 1) * 4 + int(cfg.report)
+    total = prepared + 1 + cfg.rounds * 3 + int(cfg.report)
     progress = Progress(total)
     paths = prepare(cfg, run_dir, progress, force)
     base = paths.student
@@ -357,23 +365,23 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
             if force or not diagnosis.done():
                 with served(cfg, current, stages.diagnose.student.client.model):
                     diagnose_job.run(stages.diagnose, run_dir, force=force)
-        arms = cfg.arms if k == 0 else cfg.arms[:1]
-        for arm in arms:
-            arm_root = paths.arm_dir(cfg.arms, arm)
-            with progress.stage(f"round {k}: select ({arm.name})", StageDir(arm_root, "select", k).path):
-                select_dir = select_job.run(stages.select[arm.name], arm_root, force=force)
-            with progress.stage(f"round {k}: train ({arm.name}, {stages.train[arm.name].mode})", StageDir(arm_root, "train", k).path):
-                train_job.run(
-                    stages.train[arm.name],
-                    arm_root,
-                    student=current,
-                    selection=select_dir / SELECTION,
-                    pool=paths.pool,
-                    round_index=k,
-                    force=force,
-                )
-        with progress.stage(f"round {k}: evaluate base and tuned students", evaluate_job.stage(stages.evaluate, run_dir).path):
-            evaluate_job.run(stages.evaluate, run_dir, force=force)
+        n_arms = len(cfg.arms) if k == 0 else 1
+        works = arms_runner.round_works(cfg, stages, paths, k, current)
+        with progress.stage(f"round {k}: {n_arms} arm(s) and the base as Tune trials (select, train, evaluate)"):
+            records = arms_runner.run_arms(works, run_dir, k)
+            arms_runner.write_arms_table(run_dir, records)
+        failed = [r for r in records if r.get("status") != "ok"]
+        ok_names = {r["arm"] for r in records if r.get("status") == "ok"}
+        ev = stages.evaluate.model_copy(update={"models": [m for m in stages.evaluate.models if m.name in ok_names]})
+        with progress.stage(f"round {k}: collect the evaluations", evaluate_job.stage(ev, run_dir).path):
+            if arms_runner.BASE in ok_names:
+                evaluate_job.collect(ev, run_dir, arms_runner.eval_parts(works, records), force=force)
+        if failed:
+            if cfg.report:
+                report_job.write_report(run_dir)
+            lines = "; ".join(f"{r['arm']}: {r.get('error')}" for r in failed)
+            raise ArmsFailed(f"round {k}: {len(failed)} of {len(records)} trials failed ({lines}). The others are in "
+                             f"{run_dir / arms_runner.ARMS_TABLE}; re-run the same command to retry the failed ones.")
         if k + 1 < cfg.rounds:
             current = _tuned_student(run_dir, k, current)
 

@@ -213,6 +213,30 @@ def baselines_section(summary: list[dict[str, Any]] | None) -> str:
     return body + summary_table(ordered)
 
 
+def arms_section(run_dir: Path) -> str:
+    """The run's trials (``arms.parquet``): status, scores, where and how long each ran."""
+    path = run_dir / "arms.parquet"
+    if not path.is_file():
+        return core.missing("No arms table: the run's arms have not run yet.")
+    import pyarrow.parquet as pq
+
+    rows = sorted(pq.read_table(path).to_pylist(), key=lambda r: (r["round"], r["arm"] != "base", r["arm"]))
+    failed = [r for r in rows if r["status"] != "ok"]
+    note = core.missing(f"{len(failed)} trial(s) failed: {', '.join(r['arm'] for r in failed)}.") if failed else ""
+    body = core.table(
+        ["round", "arm", "strategy", "budget", "seed", "update", "status", "target", "general", "train steps",
+         "runner", "node", "wall (s)", "error"],
+        [
+            [r["round"], r["arm"], r["strategy"], r["budget"] if r["budget"] is not None else "–",
+             r["seed"] if r["seed"] is not None else "–", r["update"] or "–", r["status"], core.pct(r["target_accuracy"]),
+             core.pct(r["general_accuracy"]), r["train_steps"] if r["train_steps"] is not None else "–", r["runner"] or "–",
+             (r["node_id"] or "")[:8], f"{r['wall_s']:.1f}" if r["wall_s"] is not None else "–", (r["error"] or "")[:200]]
+            for r in rows
+        ],
+    )  # fmt: skip
+    return note + body
+
+
 def retention_section(summary: list[dict[str, Any]] | None) -> str:
     """Retention against target gain, one point per model."""
     if not summary:
@@ -359,6 +383,7 @@ def build_report(run_dir: str | Path, max_errors: int = 200, max_samples: int = 
         ("skills", "Before / after per skill", skills_section(scores)),
         ("baselines", "Baselines side by side", baselines_section(summary)),
         ("retention", "Retention vs. target gain", retention_section(summary)),
+        ("arms", "Arms (trials)", arms_section(run)),
         ("training", "Training", training_section(run, ks)),
         ("errors", "Errors", errors_section(run, ks, max_errors, max_samples)),
     ]

@@ -73,6 +73,14 @@ class TrainConfig(EdrayModel):
     max_length: int = Field(1024, ge=16, le=131072, description="Samples longer than this many tokens are an error (never truncated).")
     seed: int = Field(0, ge=0, description="Seed of data order, initialization of adapters and dropout.")
     num_workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (data-parallel replicas).")
+    runner: Literal["auto", "ray_train", "in_process"] = Field(
+        "auto",
+        description=(
+            "Where the loop runs. ray_train: a TorchTrainer worker group (restarts failed workers up to "
+            "max_failures). in_process: the calling process, for one CPU worker; no distributed start-up, "
+            "resumes from its checkpoints when re-run. auto: in_process for one CPU worker, else ray_train."
+        ),
+    )
     use_gpu: bool = Field(False, description="One GPU per worker; bf16 autocast with fp32 master weights.")
     cpus_per_worker: float = Field(1.0, gt=0, le=256, description="Logical CPUs reserved per worker (fractions allowed).")
     torch_threads: int | None = Field(None, ge=1, le=256, description="torch threads per worker (default: torch's choice).")
@@ -93,4 +101,11 @@ class TrainConfig(EdrayModel):
     def _check(self) -> "TrainConfig":
         if self.mode in ("full", "spider") and self.full.last_n_layers == 0 and not self.full.train_projector and not self.full.train_vision:
             raise ValueError("full/spider mode trains nothing: set full.last_n_layers > 0 or full.train_projector")
+        if self.runner == "in_process" and (self.num_workers > 1 or self.use_gpu):
+            raise ValueError("runner: in_process runs one CPU worker; use ray_train (or auto) for num_workers > 1 or use_gpu")
         return self
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the loop runs in the calling process (see ``runner``)."""
+        return self.runner == "in_process" or (self.runner == "auto" and self.num_workers == 1 and not self.use_gpu)

@@ -17,8 +17,6 @@ from edray.train.config import TrainConfig
 STAGE = "train"
 
 
-
-
 def is_lance(path: Path) -> bool:
     """``path`` is a Lance dataset (a ``.lance`` folder or one holding ``_versions/``)."""
     return str(path).endswith(".lance") or (path.is_dir() and (path / "_versions").is_dir())
@@ -114,18 +112,7 @@ def prepare_datasets(
     import ray
     from ray.data.expressions import col
 
-    names = list(_read_table_dataset(selection).schema().names) if is_lance(selection) else pq.read_schema(
-        next(iter(sorted(selection.rglob("*.parquet")))) if selection.is_dir() else selection
-    ).names
-    if "id" not in names:
-        raise ValueError(f"selection {selection} has no 'id' column (columns: {', '.join(names)})")
-    id_list = _read_ids(selection)
-    if any(i is None for i in id_list):
-        raise ValueError(f"selection {selection}: {sum(i is None for i in id_list)} rows have a null id")
-    if len(set(id_list)) != len(id_list):
-        seen: set[str] = set()
-        dup = next(i for i in id_list if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        raise ValueError(f"selection {selection}: id {dup!r} appears more than once")
+    names, id_list = _selection_ids(selection)
     if {"images", "messages"} <= set(names):
         source, ds, wanted = selection, _read_table_dataset(selection, ["id", "images", "messages"]), None
     elif pool is None:
@@ -154,6 +141,70 @@ def prepare_datasets(
     )
     meta = checked.select_columns(["id", "_error"]).to_arrow_refs()
     meta_tab = pa.concat_tables(ray.get(meta)) if meta else pa.table({"id": [], "_error": []})
+    quarantine, n_good = _quarantine_table(cfg, id_list, meta_tab, source)
+    good = checked.filter(expr=col("_error").is_null()).select_columns(["id", "images", "messages"])
+    shards = good.split(cfg.num_workers, equal=True)
+    return shards, quarantine, n_good // cfg.num_workers
+
+
+def prepare_local(cfg: TrainConfig, student: Path, selection: Path, pool: Path | None) -> tuple[pa.Table, pa.Table, int]:
+    """The selection as one in-memory table for a one-worker run in this process (no Ray Data).
+
+    The same checks, order and quarantine as :func:`prepare_datasets`. The pool's rows and each row's
+    check result are kept for the process (see :func:`_pool_rows`), so arms trained one after another
+    in one process read and check the pool once.
+
+    Returns:
+        ``(rows, quarantine, rows_per_worker)``; ``rows`` holds ``id, images, messages`` of the
+        trainable rows in their seeded order.
+
+    Raises:
+        ValueError: as :func:`prepare_datasets`.
+    """
+    import pyarrow.compute as pc
+
+    names, id_list = _selection_ids(selection)
+    if {"images", "messages"} <= set(names):
+        source = selection
+        table = (_lance_table(selection) if is_lance(selection) else pq.read_table(selection)).select(["id", "images", "messages"])
+    elif pool is None:
+        raise ValueError(f"selection {selection} holds ids only (no images/messages columns): give the supporting pool")
+    else:
+        source = pool
+        whole = _pool_rows(str(pool))
+        table = whole.filter(pc.is_in(whole["id"], value_set=pa.array(id_list, pa.string())))
+    errors = _row_errors(table, str(student), cfg.max_length, cfg.trust_remote_code)
+    order = [_order_key(cfg.seed, str(i)) for i in table["id"].to_pylist()]
+    meta_tab = pa.table({"id": table["id"], "_error": pa.array(errors, pa.string())})
+    quarantine, n_good = _quarantine_table(cfg, id_list, meta_tab, source)
+    keep = pa.array([e is None for e in errors], pa.bool_())
+    good = table.append_column("_order", pa.array(order, pa.int64())).filter(keep).sort_by("_order")
+    return good.select(["id", "images", "messages"]), quarantine, n_good
+
+
+def _selection_ids(selection: Path) -> tuple[list[str], list[str]]:
+    """The selection's column names and its ids, checked: an ``id`` column, no null, no repeat."""
+    names = list(_lance_schema_names(selection)) if is_lance(selection) else pq.read_schema(
+        next(iter(sorted(selection.rglob("*.parquet")))) if selection.is_dir() else selection
+    ).names
+    if "id" not in names:
+        raise ValueError(f"selection {selection} has no 'id' column (columns: {', '.join(names)})")
+    id_list = _read_ids(selection)
+    if any(i is None for i in id_list):
+        raise ValueError(f"selection {selection}: {sum(i is None for i in id_list)} rows have a null id")
+    if len(set(id_list)) != len(id_list):
+        seen: set[str] = set()
+        dup = next(i for i in id_list if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise ValueError(f"selection {selection}: id {dup!r} appears more than once")
+    return names, id_list
+
+
+def _quarantine_table(cfg: TrainConfig, id_list: list[str], meta_tab: pa.Table, source: Path) -> tuple[pa.Table, int]:
+    """The quarantine (ids not found, rows that do not collate) and the number of trainable rows.
+
+    Raises:
+        ValueError: fewer trainable rows than one optimizer step per worker needs.
+    """
     quarantine_rows: list[dict[str, Any]] = []
     found = set(meta_tab["id"].to_pylist())
     for i in id_list:
@@ -172,10 +223,62 @@ def prepare_datasets(
             f"{n_good} trainable rows ({len(quarantine_rows)} quarantined) give {rows_per_worker} per worker, fewer "
             f"than one optimizer step needs (batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum})"
         )
-    good = checked.filter(expr=col("_error").is_null()).select_columns(["id", "images", "messages"])
-    shards = good.split(cfg.num_workers, equal=True)
-    quarantine = pa.Table.from_pylist(quarantine_rows, schema=QUARANTINE_SCHEMA)
-    return shards, quarantine, rows_per_worker
+    return pa.Table.from_pylist(quarantine_rows, schema=QUARANTINE_SCHEMA), n_good
+
+
+def _lance_schema_names(path: Path) -> list[str]:
+    import lance
+
+    return list(lance.dataset(str(path)).schema.names)
+
+
+def _lance_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    import lance
+
+    return lance.dataset(str(path)).to_table(columns=columns)
+
+
+def _file_key(path: str) -> tuple[str, int]:
+    """A cheap identity of a file or folder's current version: path and newest modification time."""
+    p = Path(path)
+    stamps = [p.stat().st_mtime_ns] + ([f.stat().st_mtime_ns for f in p.rglob("*") if f.is_file()] if p.is_dir() else [])
+    return str(p.resolve()), max(stamps)
+
+
+_POOLS: dict[tuple[str, int], pa.Table] = {}
+_CHECKED: dict[tuple[str, int, bool], dict[str, str | None]] = {}
+
+
+def _pool_rows(pool: str) -> pa.Table:
+    """The pool's ``id, images, messages``, read once per process and version of the pool."""
+    key = _file_key(pool)
+    if key not in _POOLS:
+        _POOLS.clear()
+        columns = ["id", "images", "messages"]
+        _POOLS[key] = _lance_table(Path(pool), columns) if is_lance(Path(pool)) else pq.read_table(pool, columns=columns)
+    return _POOLS[key]
+
+
+def _row_errors(table: pa.Table, student: str, max_length: int, trust_remote_code: bool) -> list[str | None]:
+    """Each row's collate error (``None`` when it trains), remembered per student and row id."""
+    from edray.train.core import CollateError, collate_rows
+
+    key = (str(Path(student).resolve()), max_length, trust_remote_code)
+    known = _CHECKED.setdefault(key, {})
+    processor = _load_processor(student, trust_remote_code)
+    out: list[str | None] = []
+    for row in table.to_pylist():
+        rid = str(row["id"])
+        if rid not in known:
+            try:
+                collate_rows(processor, [row], max_length)
+                known[rid] = None
+            except CollateError as exc:
+                known[rid] = str(exc)
+            except Exception as exc:  # the processor's own errors on malformed rows
+                known[rid] = f"row {rid}: {type(exc).__name__}: {exc}"
+        out.append(known[rid])
+    return out
 
 
 def _quarantine(record_id: str, source: str, field: str, reason: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Tables and plots of the skills-world experiments, written into docs/results.md.
 
-Reads finished runs of ``jobs/experiments/*.yaml`` (each run folder holds ``run_config.json`` and
-``round_0/evaluate/scores.parquet``), groups their arms by what they vary (data choice, budget, seed,
+Reads finished runs of ``jobs/experiments/*.yaml`` (each run folder holds ``run_config.json``,
+``round_0/evaluate/scores.parquet`` and the arm runner's ``arms.parquet``: status, node and wall time of
+every arm), groups their arms by what they vary (data choice, budget, seed,
 retrieval mode, query, locator, weight update) and writes mean ± standard deviation over seeds::
 
     python jobs/experiments/summarize.py runs/experiments/selection runs/experiments/random_step
@@ -61,7 +62,13 @@ def arm_table(run_dir: Path) -> pd.DataFrame:
                 **{f"skill:{k}": skill.get(k) for k in skill.index if k != "*"},
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    arms_path = run_dir / "arms.parquet"
+    if arms_path.is_file():
+        arms = pd.read_parquet(arms_path, columns=["arm", "round", "status", "node_id", "wall_s"])
+        arms = arms[arms["round"] == 0].drop(columns="round").rename(columns={"arm": "model"})
+        table = table.merge(arms, on="model", how="left")
+    return table
 
 
 def mean_sd(values: pd.Series) -> str:
@@ -211,6 +218,13 @@ def build(runs: list[Path], plots: Path, docs_rel: str) -> str:
                 "",
             ]
     df.drop(columns=skill_cols).to_csv(plots / "arms.csv", index=False)
+    if "wall_s" in df.columns:
+        arm_walls = df[df.strategy != "base"]["wall_s"].dropna()
+        parts += [
+            f"Arms ran as Ray Tune trials: {len(arm_walls)} arms, median {arm_walls.median():.1f} s per arm "
+            f"(select + train + evaluate) on {df['node_id'].nunique()} node(s).",
+            "",
+        ] if not arm_walls.empty else []
     parts += [f"Every arm, one row each: [`{docs_rel}/arms.csv`]({docs_rel}/arms.csv).", ""]
     return "\n".join(parts)
 

@@ -1,17 +1,18 @@
-"""``edray run`` end to end, through the real CLI, killed mid-train and run again.
+"""``edray run`` end to end, through the real CLI, its grid of arms killed mid-way and run again.
 
 One run of ``tests/fixtures/run_tiny.yaml`` on the session's tiny world and CI student, in a subprocess
-with its own private Ray (``RAY_ADDRESS`` unset). The run is SIGKILLed, driver and every Ray process of
-its cluster together, as soon as the main arm's training has recorded a Ray Train checkpoint; the same
-command is then run again. The test checks that the second run
+with its own private Ray (``RAY_ADDRESS`` unset). Its arms and the base's evaluation run as Ray Tune
+trials; the run is SIGKILLed, driver and every Ray process of its cluster together, as soon as one
+trial has finished and the main arm's training (in its trial's process) has written a checkpoint; the
+same command is then run again. The test checks that the second run
 
 - succeeds and commits every stage (``_SUCCESS`` + manifest), with no temporary folders left behind;
-- does not redo the stages that had finished before the kill (their manifests and ``_SUCCESS`` markers
-  are untouched);
+- does not redo the stages or the trials that had finished before the kill (their manifests,
+  ``_SUCCESS`` markers and arm records are untouched);
 - resumes training from the checkpoint instead of starting over: the optimizer steps recorded before the
   kill are carried over unchanged (their measured wall times included), the rest are trained once;
-- writes selections, training curves, predictions and scores without duplicated rows, and a report
-  that covers both arms.
+- writes selections, training curves, predictions, scores and ``arms.parquet`` without duplicated rows
+  (every arm exactly once), and a report that covers both arms.
 """
 
 from __future__ import annotations
@@ -52,20 +53,26 @@ pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "run_tiny.yaml"
 MAIN_ARM, OTHER_ARM = "error_driven", "random"
 RUN_TIMEOUT_S = 600
-SNAPSHOT = "checkpoint_manager_snapshot.json"
-# More passes over the (64-row) selection than the config's single epoch, so that the kill lands while
-# the main arm is still stepping, well after its first checkpoint (a few seconds of extra training).
-EPOCHS = 6
+# Many more passes over the (64-row) selection than the config's single epoch, so that the kill lands
+# while the main arm is still stepping, after another trial (the base's evaluation) has finished.
+EPOCHS = 40
 
 # Stages that finish before the main arm trains, relative to the run folder.
 EARLY_STAGES = ["index", "round_0/diagnose", "round_0/select"]
 # Every committed stage of a one-round, two-arm run.
 ALL_STAGES = EARLY_STAGES + [
     "round_0/train",
+    "round_0/evaluate_arm",
+    "round_0/evaluate_base",
     f"arms/{OTHER_ARM}/round_0/select",
     f"arms/{OTHER_ARM}/round_0/train",
+    f"arms/{OTHER_ARM}/round_0/evaluate_arm",
     "round_0/evaluate",
 ]
+# The trials' records: the base's evaluation and each arm's.
+RECORDS = ["round_0/base.json", "round_0/arm.json", f"arms/{OTHER_ARM}/round_0/arm.json"]
+# Progress lines: index, diagnose, the arms' trials, the collected evaluation, the report.
+PROGRESS_STAGES = 5
 
 
 def _free_port() -> int:
@@ -132,15 +139,9 @@ def _tail(path: Path, n: int = 4000) -> str:
     return text[-n:]
 
 
-def _snapshot_checkpoints(snapshot: Path) -> list[Path]:
-    """The checkpoint folders a Ray Train run snapshot refers to (that exist and hold a train state)."""
-    try:
-        text = snapshot.read_text()
-        json.loads(text)
-    except (OSError, ValueError):  # not written yet, or being written
-        return []
-    names = sorted(set(re.findall(r"checkpoint_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d+", text)))
-    return [snapshot.parent / n for n in names if (snapshot.parent / n / "state.json").is_file()]
+def _checkpoints(ckpt_root: Path) -> list[Path]:
+    """The in-process runner's committed checkpoints (folders renamed into place whole)."""
+    return sorted(p for p in ckpt_root.glob("train-*/checkpoint_*") if (p / "state.json").is_file())
 
 
 def _stage_stamp(stage: Path) -> tuple[str, int]:
@@ -195,21 +196,21 @@ def test_run_killed_mid_train_resumes_without_redoing_finished_stages(
     budget, batch_size, epochs = cfg["select"]["budget"], cfg["train"]["batch_size"], EPOCHS
     ckpt_root = run_dir / "round_0" / "train_checkpoints"
 
-    # --- first run: kill driver and cluster as soon as the main arm's training has a checkpoint -----
+    # --- first run: kill driver and cluster once a trial has finished and the main arm has a checkpoint -
     log1 = tmp_path / "first.log"
     t0 = time.monotonic()
     with log1.open("wb") as out:
         first = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        snapshot = None
-        while snapshot is None:
+        while True:
             if first.poll() is not None:
-                pytest.fail(f"the run ended (rc {first.returncode}) before training checkpointed:\n{_tail(log1)}")
+                pytest.fail(f"the run ended (rc {first.returncode}) before the kill:\n{_tail(log1)}")
             if time.monotonic() - t0 > RUN_TIMEOUT_S:
-                pytest.fail(f"no training checkpoint after {RUN_TIMEOUT_S} s:\n{_tail(log1)}")
-            snapshot = next((p for p in ckpt_root.glob(f"train-*/{SNAPSHOT}") if _snapshot_checkpoints(p)), None)
-            if snapshot is None:
-                time.sleep(0.02)
+                pytest.fail(f"no finished trial and training checkpoint after {RUN_TIMEOUT_S} s:\n{_tail(log1)}")
+            finished = [r for r in RECORDS if (run_dir / r).is_file()]
+            if finished and _checkpoints(ckpt_root):
+                break
+            time.sleep(0.02)
         cluster = _cluster_pids(marker)
         cluster_desc = _describe(cluster)
         os.killpg(first.pid, signal.SIGKILL)
@@ -226,13 +227,15 @@ def test_run_killed_mid_train_resumes_without_redoing_finished_stages(
         pytest.fail(f"processes of the killed run's Ray cluster survived the kill:\n{described}")
 
     assert first.returncode == -signal.SIGKILL
-    # the survivor check above saw the cluster: the driver, Ray's own services and the training worker
-    assert first.pid in cluster and "ray::RayTrainWorker" in cluster_desc, cluster_desc
+    # the survivor check above saw the cluster: the driver, Ray's own services and the trials' processes
+    assert first.pid in cluster and "ray::ImplicitFunc" in cluster_desc, cluster_desc
     assert not (run_dir / "round_0" / "train" / SUCCESS).exists(), "the kill came after the train stage committed"
-    before = {s: _stage_stamp(run_dir / s) for s in EARLY_STAGES}
-    # the checkpoint the second run must resume from: the latest one the run snapshot recorded by the
-    # time of the kill (read now: the controller may have recorded another one since the test saw it)
-    states = {c: json.loads((c / "state.json").read_text()) for c in _snapshot_checkpoints(snapshot)}
+    committed = [s for s in ALL_STAGES if (run_dir / s / SUCCESS).is_file()]
+    assert set(EARLY_STAGES) <= set(committed)
+    before = {s: _stage_stamp(run_dir / s) for s in committed}
+    finished = {r: (run_dir / r).read_text() for r in RECORDS if (run_dir / r).is_file()}
+    # the checkpoint the second run must resume from: the latest one committed by the time of the kill
+    states = {c: json.loads((c / "state.json").read_text()) for c in _checkpoints(ckpt_root)}
     resume_from = max(states, key=lambda c: states[c]["step"])
     resumed_step = states[resume_from]["step"]
     resumed_rows = pd.read_parquet(resume_from / TRAIN_METRICS)
@@ -261,7 +264,7 @@ def test_run_killed_mid_train_resumes_without_redoing_finished_stages(
 
     # Progress counts every stage once: the last stage line reads [n/n].
     counters = re.findall(r"\[(\d+)/(\d+)\] \S.* done in", output)
-    assert counters and counters[-1][0] == counters[-1][1] == str(len(ALL_STAGES) + 1)
+    assert counters and counters[-1][0] == counters[-1][1] == str(PROGRESS_STAGES)
 
     # --- every stage committed, nothing half-written left behind --------------------------------------
     for stage in ALL_STAGES:
@@ -275,9 +278,16 @@ def test_run_killed_mid_train_resumes_without_redoing_finished_stages(
     assert not leftovers, f"temporary folders left in the run: {leftovers}"
     assert not list(ckpt_root.glob("train-*")), "the train stage kept its resumable checkpoints after committing"
 
-    # --- finished stages were not redone ---------------------------------------------------------------
-    for stage in EARLY_STAGES:
+    # --- finished stages and trials were not redone --------------------------------------------------
+    for stage in before:
         assert _stage_stamp(run_dir / stage) == before[stage], f"{stage} was redone after the kill"
+    for record, text in finished.items():
+        assert (run_dir / record).read_text() == text, f"the finished trial of {record} ran again"
+    # every arm exactly once in the run's arms table, all finished
+    arms = pd.read_parquet(run_dir / "arms.parquet")
+    assert sorted(arms["arm"]) == sorted(["base", MAIN_ARM, OTHER_ARM]) and arms["arm"].is_unique
+    assert set(arms["status"]) == {"ok"} and arms["node_id"].notna().all()
+    assert set(arms.loc[arms["arm"] != "base", "runner"]) == {"in_process"}
     # The pipeline asked the stage runner whether the diagnosis was done, and so served no student for it.
     assert re.search(r"round 0: diagnose the student done in [0-9.]+ s: up to date", output), _tail(log2)
 

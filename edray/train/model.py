@@ -1,0 +1,72 @@
+"""The student as the train stage builds it: loaded in fp32, with only the configured parameters trainable.
+
+:func:`build_model` can keep the last loaded student in memory (``share=True``) and hand out copies, so
+that many small arms trained one after another in one process (the arm runner's in-process arms) load
+the base student from disk once.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from pathlib import Path
+from typing import Any
+
+from edray.train.config import TrainConfig
+
+_lock = threading.Lock()
+_shared: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
+
+
+def _folder_key(student: str) -> str:
+    folder = Path(student)
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.glob("*")) if f.is_file()]
+    return f"{folder.resolve()}:{stats}"
+
+
+def load_student(student: str, trust_remote_code: bool = False, share: bool = False) -> tuple[Any, Any]:
+    """The student model (fp32, CPU) and its processor.
+
+    With ``share`` the last loaded student stays in memory and every call returns a deep copy of it
+    (keyed by the folder's files, sizes and modification times, so changed weights are loaded afresh).
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    def load() -> tuple[Any, Any]:
+        processor = AutoProcessor.from_pretrained(student, trust_remote_code=trust_remote_code)
+        # fp32 master weights in every mode; bf16 only inside autocast (docs/method.md §2: SPIDER state in fp32)
+        model = AutoModelForImageTextToText.from_pretrained(student, trust_remote_code=trust_remote_code, dtype=torch.float32)
+        return model, processor
+
+    if not share:
+        return load()
+    key = (str(Path(student).resolve()), _folder_key(student), trust_remote_code)
+    with _lock:
+        if key not in _shared:
+            _shared.clear()
+            _shared[key] = load()
+        model, processor = _shared[key]
+        return copy.deepcopy(model), processor
+
+
+def build_model(cfg: TrainConfig, student: str, share: bool = False) -> tuple[Any, Any]:
+    """Load the student and make only the configured parameters trainable (LoRA wraps it in peft)."""
+    from edray.train.core import select_full_trainable
+
+    model, processor = load_student(student, cfg.trust_remote_code, share=share)
+    if cfg.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(
+            r=cfg.lora.rank,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.targets,
+            modules_to_save=["multi_modal_projector"] if cfg.lora.train_projector else None,
+            bias="none",
+        )
+        model = get_peft_model(model, lcfg)
+    else:
+        select_full_trainable(model, cfg.full.last_n_layers, cfg.full.train_projector, cfg.full.train_vision)
+    return model, processor
