@@ -9,6 +9,7 @@ BM25 hybrid retrieval). Typical use::
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -77,6 +78,11 @@ def load_embedder(model_path: str | None, device: str | None = None, trust_remot
     return embed
 
 
+@functools.lru_cache(maxsize=2)
+def _shared_embedder(model_path: str | None, normalize: bool, max_seq_length: int) -> Embed:
+    return load_embedder(model_path, normalize=normalize, max_seq_length=max_seq_length)
+
+
 def open_index(index_dir: str | Path, embed: Embed | None = None,
                storage_options: dict[str, str] | None = None) -> IndexHandle:
     """Open the table a completed index stage wrote, with a matching query embedder.
@@ -99,8 +105,10 @@ def open_index(index_dir: str | Path, embed: Embed | None = None,
     db = connect(info["uri"], storage_options)
     table = db.open_table(info["table"])
     if embed is None:
-        embed = load_embedder(info.get("embed_model"), normalize=info.get("normalize", True),
-                              max_seq_length=info.get("max_seq_length", 128))
+        # Loaded on the first query, once per process: a random or full selection never embeds, and
+        # the arms a process selects for one after another share one embedder.
+        key = (info.get("embed_model"), info.get("normalize", True), info.get("max_seq_length", 128))
+        embed = lambda texts: _shared_embedder(*key)(texts)  # noqa: E731
     return IndexHandle(table, embed, info.get("metric", "cosine"), info.get("rrf_k", 60), info.get("nprobes", 20), info)
 
 

@@ -4,8 +4,9 @@ A head and a worker node are started as separate ``ray start --block`` processes
 temporary folders, 2 CPUs each; see ``tests/fixtures/cluster.py``). The CI-sized run config
 (``tests/fixtures/run_tiny.yaml``, one arm) is submitted with ``--working-dir`` pointing at the
 repository and the session's tiny world and pretrained student passed with ``--set``. The test checks
-that the job SUCCEEDED, that the run folder is complete (every stage's ``_SUCCESS``, the report), and —
-from Ray's state API — that the job's tasks and actors ran on both nodes, the index stage's included.
+that the job SUCCEEDED, that the run folder is complete (every stage's ``_SUCCESS``, the report), that
+— from Ray's state API — the job's tasks and actors ran on both nodes, the index stage's included, and
+— from the run's ``arms.parquet`` — that the arms' Tune trials ran on both nodes at the same time.
 Both nodes share this machine's filesystem: the run folder is the shared storage path.
 """
 
@@ -22,8 +23,10 @@ from tests.fixtures.cluster import LocalRayCluster, free_ports
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-ONE_ARM = "arms=[{name: error_driven, strategy: error_driven, mode: hybrid, replay_share: 0.5}]"
-STAGES = ["index", "round_0/diagnose", "round_0/select", "round_0/train", "round_0/evaluate"]
+STAGES = [
+    "index", "round_0/diagnose", "round_0/select", "round_0/train", "round_0/evaluate_arm", "round_0/evaluate_base",
+    "arms/random/round_0/select", "arms/random/round_0/train", "arms/random/round_0/evaluate_arm", "round_0/evaluate",
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -63,7 +66,7 @@ def test_run_submitted_as_ray_job_runs_on_both_nodes(
         "job", "submit", "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
         "python", "-m", "edray", "run", "--config", "tests/fixtures/run_tiny.yaml", "--run-dir", str(run_dir),
         "--set", f"world_dir={world_dir}", "--set", f"student={pretrained_student_dir}",
-        "--set", ONE_ARM, "--set", f"serve.port={serve_port}",
+        "--set", f"serve.port={serve_port}",
         timeout=900,
     )
     out = proc.stdout + proc.stderr
@@ -78,7 +81,6 @@ def test_run_submitted_as_ray_job_runs_on_both_nodes(
 
     for stage in STAGES:
         assert (run_dir / stage / "_SUCCESS").is_file(), f"{stage} did not finish: {sorted(p.name for p in run_dir.iterdir())}"
-    assert not (run_dir / "arms").exists()
     report = run_dir / "report" / "report.html"
     assert report.is_file() and report.stat().st_size > 1000
 
@@ -92,4 +94,15 @@ def test_run_submitted_as_ray_job_runs_on_both_nodes(
     index_work = [ids for name, ids in placements.items() if re.search(r"_read_units|SkillAnnotator|EmbedPredictor", name)]
     assert index_work, f"no Ray Data work of the index stage was listed: {sorted(placements)}"
     assert set().union(*index_work) == nodes, f"index stage ran on one node only: {placements}"
-    assert placements.get("RayTrainWorker"), f"no Ray Train worker was listed: {sorted(placements)}"
+    assert placements.get("ImplicitFunc"), f"no Tune trial was listed: {sorted(placements)}"
+
+    # The base's evaluation and the two arms are three one-CPU trials on 2 + 2 CPUs: they ran side by side,
+    # on both nodes at once (the job's driver holds no CPU).
+    import pandas as pd
+
+    arms = pd.read_parquet(run_dir / "arms.parquet")
+    assert sorted(arms["arm"]) == ["base", "error_driven", "random"] and set(arms["status"]) == {"ok"}
+    assert set(arms["node_id"]) == nodes, arms[["arm", "node_id"]]
+    spans = [(r.node_id, r.started_at, r.started_at + r.wall_s) for r in arms.itertuples()]
+    overlap = [(a, b) for a in spans for b in spans if a[0] < b[0] and a[1] < b[2] and b[1] < a[2]]
+    assert overlap, f"no two trials on different nodes ran at the same time: {spans}"
