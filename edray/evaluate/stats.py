@@ -5,7 +5,8 @@ b[s, i]``. The bootstrap resamples the seeds with replacement, then the items wi
 and takes the mean of ``d`` over the resample; the 2.5 % and 97.5 % quantiles of that mean are the 95 %
 interval. Resampling seeds first carries the seed-to-seed spread (pretraining, data order) into the
 interval; resampling items carries the test set's finite size. Everything is one numpy gather per
-batch of resamples, so 5 seeds x 1,000 items x 2,000 resamples take a fraction of a second.
+batch of resamples (``np.take`` on the flattened matrix: fancy indexing is ten times slower),
+so 5 seeds x 1,000 items x 2,000 resamples take a fraction of a second.
 """
 
 from __future__ import annotations
@@ -105,18 +106,23 @@ def paired_bootstrap(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     diffs, counts = paired_matrix(a, b)
     n_seeds, width = diffs.shape
-    filled = np.nan_to_num(diffs)
+    flat = np.nan_to_num(diffs).ravel()
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     batch = max(1, _BATCH_CELLS // max(1, n_seeds * width))
+    balanced = bool((counts == width).all())
     for start in range(0, resamples, batch):
         r = min(batch, resamples - start)
         seeds = rng.integers(0, n_seeds, size=(r, n_seeds))
         n_items = counts[seeds]  # (r, S): items of each drawn seed
+        if balanced:
+            items = rng.integers(0, width, size=(r, n_seeds, width))
+            means[start : start + r] = np.take(flat, items + (seeds * width)[:, :, None]).mean(axis=(1, 2))
+            continue
         # Items within a drawn seed: uniform over its own count; positions past it are masked out.
         items = (rng.random((r, n_seeds, width)) * n_items[:, :, None]).astype(np.int64)
         mask = np.arange(width)[None, None, :] < n_items[:, :, None]
-        values = filled[seeds[:, :, None], items] * mask
+        values = np.take(flat, items + (seeds * width)[:, :, None]) * mask
         means[start : start + r] = values.sum(axis=(1, 2)) / n_items.sum(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
