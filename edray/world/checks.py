@@ -167,11 +167,11 @@ def check_base_errors(diagnose_dir: Path, rows: Mapping[str, Mapping[str, Any]],
     if p["well_formed"] < WELL_FORMED_MIN:
         failed.append(f"well-formed {p['well_formed']:.2f}")
     if p["mean_steps"] < MEAN_STEPS_MIN:
-        failed.append(f"mean steps {p['mean_steps']:.2f}")
+        failed.append(f"mean steps {p['mean_steps']:.3f}")
     if p["gap_share"] < GAP_ERROR_SHARE_MIN:
         top = max(p["true_skills"].items(), key=lambda kv: kv[1])
         failed.append(f"errors at a gap skill {p['gap_share']:.2f} (most at {top[0]}: {top[1]} of {p['errors']})")
-    line = (f"{p['errors']} errors: well-formed {p['well_formed']:.2f}, {p['mean_steps']:.2f} steps, "
+    line = (f"{p['errors']} errors: well-formed {p['well_formed']:.2f}, {p['mean_steps']:.3f} steps, "
             f"{p['gap_share']:.2f} at a gap skill")
     return CheckResult("b", "base_errors", measured, threshold, FAIL if failed else PASS, "too low: " + "; ".join(failed) if failed else line)
 
@@ -435,6 +435,6 @@ def run_dir_inputs(run_dir: Path, round_index: int = 0) -> dict[str, Any]:
         "general": general,
         "gap_skills": gap_skills,
         "gap_source": gap_source,
-        "task": diag_cfg.get("task") or run_cfg.get("task"),
+        "task": diag_cfg.get("task"),
         "base_model": base.get("name", "base"),
     }
