@@ -169,8 +169,9 @@ def check_base_errors(diagnose_dir: Path, rows: Mapping[str, Mapping[str, Any]],
     if p["mean_steps"] < MEAN_STEPS_MIN:
         failed.append(f"mean steps {p['mean_steps']:.3f}")
     if p["gap_share"] < GAP_ERROR_SHARE_MIN:
-        top = max(p["true_skills"].items(), key=lambda kv: kv[1])
-        failed.append(f"errors at a gap skill {p['gap_share']:.2f} (most at {top[0]}: {top[1]} of {p['errors']})")
+        others = {s: n for s, n in p["true_skills"].items() if s not in gap_skills}
+        top = max(others.items(), key=lambda kv: kv[1]) if others else ("none", 0)
+        failed.append(f"errors at a gap skill {p['gap_share']:.2f} (most others at {top[0]}: {top[1]} of {p['errors']})")
     line = (f"{p['errors']} errors: well-formed {p['well_formed']:.2f}, {p['mean_steps']:.3f} steps, "
             f"{p['gap_share']:.2f} at a gap skill")
     return CheckResult("b", "base_errors", measured, threshold, FAIL if failed else PASS, "too low: " + "; ".join(failed) if failed else line)
