@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from typing import Any
 
 from edray.serve.engine import ChatRequest, ChatResult, EngineError
@@ -73,8 +73,17 @@ def wrong_answer(row: dict[str, Any], bad: StepClaim, rng: random.Random) -> str
     return rng.choice(pool)
 
 
-def corrupted_reply(row: dict[str, Any], seed: int) -> tuple[str, int] | None:
-    """The row's reference steps with one step made false, and that step's index (1-based)."""
+def corrupted_reply(row: dict[str, Any], seed: int, only_skills: Collection[str] | None = None) -> tuple[str, int] | None:
+    """The row's reference steps with one step made false, and that step's index (1-based).
+
+    Args:
+        row: a world evaluation row.
+        seed: seed of the step chosen and of the false value.
+        only_skills: corrupt only steps of these skills (a student whose gaps they are); ``None``: any step.
+
+    Returns:
+        ``(reply, step)``, or ``None`` when no eligible step can be made false.
+    """
     world = world_metadata(row)
     scene = Scene.from_dict(world["scene"])
     steps = list(world["steps"])
@@ -83,7 +92,9 @@ def corrupted_reply(row: dict[str, Any], seed: int) -> tuple[str, int] | None:
     rng.shuffle(order)
     for k in order:
         claim = parse_step(steps[k])
-        bad = corrupt_claim(claim, scene, rng) if claim else None
+        if claim is None or (only_skills is not None and claim.skill not in only_skills):
+            continue
+        bad = corrupt_claim(claim, scene, rng)
         if bad is None:
             continue
         new = steps[:k] + [render_step(bad)] + steps[k + 1 :]
@@ -119,12 +130,15 @@ class ReplayStudent:
         yield (await self.generate(request)).text
 
 
-def planted_replies(rows: Iterable[Mapping[str, Any]], seed: int) -> tuple[dict[str, str], dict[str, int]]:
+def planted_replies(
+    rows: Iterable[Mapping[str, Any]], seed: int, only_skills: Collection[str] | None = None
+) -> tuple[dict[str, str], dict[str, int]]:
     """Corrupted replies for evaluation rows, keyed as :class:`ReplayStudent` looks them up.
 
     Args:
         rows: ``EVAL_SCHEMA`` rows of the world (with ``metadata.world``).
         seed: seed of which step is corrupted and how.
+        only_skills: corrupt only steps of these skills (see :func:`corrupted_reply`).
 
     Returns:
         ``(replies, planted)``: reply key -> reply text, and row id -> the corrupted step (1-based), for
@@ -133,7 +147,7 @@ def planted_replies(rows: Iterable[Mapping[str, Any]], seed: int) -> tuple[dict[
     replies: dict[str, str] = {}
     planted: dict[str, int] = {}
     for row in rows:
-        made = corrupted_reply(dict(row), seed)
+        made = corrupted_reply(dict(row), seed, only_skills)
         if made is None:
             continue
         text, k = made
