@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from edray.schemas import ERRORS
+from edray.schemas import ERRORS, TRAIN_METRICS
 
 pytestmark = pytest.mark.slow
 
@@ -73,3 +73,19 @@ def test_train_accepts_the_oracle_selection(ray_session, train_student: Path, tm
     assert quarantine.num_rows == 0 and per_worker == 8 and len(shards) == 2
     got = sorted(i for shard in shards for i in shard.to_pandas()["id"])
     assert got == sorted(pq.read_table(select / "selection.parquet")["id"].to_pylist())
+
+
+def test_train_fits_on_the_oracle_selection(world_dir: Path, train_student: Path, tmp_path: Path) -> None:
+    """A tiny fit (one CPU worker in process) on the oracle's selection, unchanged, from the world pool."""
+    from edray.train import job
+    from edray.train.config import TrainConfig
+    from edray.world.oracle import write_oracle_selection
+
+    select = write_oracle_selection(world_dir, tmp_path / "round_0" / "select", budget=16, seed=0,
+                                    gap_skills=["attribute_binding", "vertical_position"])
+    cfg = TrainConfig(mode="lora", torch_threads=1, batch_size=4, max_steps=4, checkpoint_every=4, seed=0,
+                      optim={"lr": 1e-3, "warmup_steps": 0})
+    stage = job.run(cfg, tmp_path, train_student, select / "selection.parquet", world_dir / "pool")
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["counts"]["rows"] == 16 and manifest["counts"]["quarantined"] == 0 and manifest["counts"]["steps"] == 4
+    assert sorted(pq.read_table(stage / TRAIN_METRICS)["step"].to_pylist()) == [1, 2, 3, 4]
