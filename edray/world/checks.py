@@ -142,8 +142,12 @@ def check_student_gaps(
     if missing:
         return CheckResult("a", "student_gaps", measured, threshold, NOT_MEASURED, f"the general suite has no rows of gap skills {missing}")
     if weak or over:
-        parts = [f"non-gap below {NONGAP_MIN:.2f}: " + ", ".join(f"{s} {nongap[s]:.2f}" for s in weak)] if weak else []
-        parts += [f"gap above chance + {GAP_OVER_CHANCE:.2f}: " + ", ".join(f"{s} {per_skill[s]:.2f} (chance {chance.get(s, 0):.2f})" for s in over)] if over else []
+        parts = []
+        if weak:
+            parts.append(f"non-gap below {NONGAP_MIN:.2f}: " + ", ".join(f"{s} {nongap[s]:.2f}" for s in weak))
+        if over:
+            listed = ", ".join(f"{s} {per_skill[s]:.2f} (chance {chance.get(s, 0):.2f})" for s in over)
+            parts.append(f"gap above chance + {GAP_OVER_CHANCE:.2f}: {listed}")
         return CheckResult("a", "student_gaps", measured, threshold, FAIL, "; ".join(parts))
     return CheckResult(
         "a", "student_gaps", measured, threshold, PASS,
@@ -230,9 +234,10 @@ def check_selection_precision(
             tol = max(0.05, RANDOM_TOLERANCE_SE * math.sqrt(share * (1 - share) / a["targeted"]))
             if abs(a["precision"] - share) > tol:
                 problems.append(f"random arm {n} {a['precision']:.2f} is not about the pool share {share:.3f}")
+    if problems:
+        return CheckResult("d", "selection_precision", measured, threshold, FAIL, "too low or off: " + "; ".join(problems))
     line = ", ".join(f"{n} {a['precision']:.2f} (budget {a['selected']}, {a['budget_share']:.1%} of the pool)" for n, a in arms.items())
-    line += f"; pool gap share {share:.3f}"
-    return CheckResult("d", "selection_precision", measured, threshold, FAIL if problems else PASS, ("too low or off: " + "; ".join(problems)) if problems else line)
+    return CheckResult("d", "selection_precision", measured, threshold, PASS, f"{line}; pool gap share {share:.3f}")
 
 
 # --- (e) ----------------------------------------------------------------------------------------------
