@@ -102,7 +102,8 @@ def error_profile(diagnose_dir: Path, rows: Mapping[str, Mapping[str, Any]], gap
         ``errors``, ``well_formed`` (share of the errors' replies that read ``Step k:`` lines then
         ``Answer:``), ``mean_steps`` (steps per erroneous reply), ``gap_share`` (share of errors whose
         true erroneous skill is a gap skill) and ``true_skills`` (true erroneous skill -> errors;
-        ``none`` when every step holds and only the answer is wrong).
+        ``none`` when every step holds and only the answer is wrong, ``unparsed`` when the first wrong
+        step is not a step of the world's language).
 
     Raises:
         KeyError: an error's id is not among ``rows``.
@@ -114,7 +115,10 @@ def error_profile(diagnose_dir: Path, rows: Mapping[str, Mapping[str, Any]], gap
     for e in errors:
         formed += int(is_well_formed(responses.get(e["id"])))
         steps += len(e["steps"])
-        skills[true_error_skill(rows[e["id"]], e["steps"]) or "none"] += 1
+        if true_error_step(rows[e["id"]], e["steps"]) is None:
+            skills["none"] += 1
+        else:
+            skills[true_error_skill(rows[e["id"]], e["steps"]) or "unparsed"] += 1
     n = len(errors)
     return {
         "errors": n,
