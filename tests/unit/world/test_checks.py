@@ -53,6 +53,7 @@ def test_each_check_measures_the_planted_truth(check_run, results) -> None:
     # (d) BUDGET - MISSES gap rows among the targeted rows; the 10 replay rows do not count.
     arms = by["d"].measured["arms"]
     assert arms["error_driven"]["targeted"] == BUDGET and arms["error_driven"]["replay"] == 10
+    assert arms["error_driven"]["gap_rows"] == BUDGET - MISSES
     assert arms["error_driven"]["precision"] == pytest.approx(check_run.precision) and arms["oracle"]["precision"] == 1.0
     assert abs(arms["random"]["precision"] - by["d"].measured["pool_gap_share"]) < 0.05
     assert by["d"].status == "pass"
