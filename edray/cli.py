@@ -247,6 +247,36 @@ def world_pretrain(
     out_console.print(f"student written to {path}")
 
 
+@world_app.command("check")
+def world_check(
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run folder of `edray run` (round_0 is checked).")],
+    arm_oracle: Annotated[Optional[str], typer.Option("--arm-oracle", help="Model name of the oracle arm in the evaluate stage.")] = None,
+    arm_random: Annotated[Optional[str], typer.Option("--arm-random", help="Model name of the random arm in the evaluate stage.")] = None,
+    gap_skill: Annotated[
+        Optional[list[str]], typer.Option("--gap-skill", help="A designed gap skill (repeatable; default: the student's pretraining mix).")
+    ] = None,
+) -> None:
+    """The five checks of a skills-world run (student gaps, base errors, located steps, selection precision,
+    oracle headroom): prints them and writes <run-dir>/checks/checks.json and checks.parquet. Exit code 1
+    when a check does not pass, 2 when an input is missing."""
+    from edray.world import checks
+
+    try:
+        inputs = checks.run_dir_inputs(run_dir)
+    except FileNotFoundError as exc:
+        err_console.print(f"world check: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from exc
+    source = inputs.pop("gap_source")
+    if gap_skill:
+        inputs["gap_skills"], source = sorted(gap_skill), "--gap-skill"
+    out_console.print(f"gap skills: {', '.join(inputs['gap_skills']) or 'none'} (from {source})", highlight=False, markup=False)
+    results = checks.run_checks(run_dir / "checks", **inputs, oracle_model=arm_oracle, random_model=arm_random)
+    out_console.print(checks.format_checks(results), highlight=False, markup=False)
+    out_console.print(f"written to {run_dir / 'checks' / checks.CHECKS_JSON}", highlight=False, markup=False)
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
+
+
 def _flatten(data: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (dict-valued leaves such as mixes stay whole)."""
     out: dict = {}

@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.fixtures.evaluate",
     "tests.fixtures.train",
     "tests.fixtures.teacher_llm",
+    "tests.fixtures.checks",
 ]
 
 RAY_NUM_CPUS = int(os.environ.get("EDRAY_TEST_RAY_CPUS", "4"))

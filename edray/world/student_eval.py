@@ -24,6 +24,7 @@ from typing import Any
 from edray.diagnose.core import parse_steps
 from edray.diagnose.scoring import DEFAULT_SCORERS, score_answer
 from edray.evaluate.core import row_skills
+
 _STEP_PROMPT = re.compile(r"\bsteps?\b", re.IGNORECASE)
 _WELL_FORMED = re.compile(r"^Step 1: \S.*(\nStep \d+: \S.*)*\nAnswer: \S.*$")
 
@@ -56,6 +57,33 @@ class StudentEvalReport:
         if not with_predictions:
             out.pop("predictions")
         return out
+
+
+def is_well_formed(reply: str | None) -> bool:
+    """Whether a reply reads ``Step 1: ...`` lines (numbered from 1) and then ``Answer: ...``."""
+    return bool(reply) and bool(_WELL_FORMED.match(reply.strip()))
+
+
+def chance_by_skill(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Accuracy of a uniform guess among the possible answers, per skill (as :func:`evaluate_student`
+    credits rows to skills): one over the options, yes/no, or the distinct gold answers of the rows
+    with the same skills and answer type.
+
+    Args:
+        rows: ``EVAL_SCHEMA`` rows.
+
+    Returns:
+        skill -> mean chance accuracy of its rows.
+    """
+    answers_by_task: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        answers_by_task[_answer_key(r)].add(str(r["answer"]))
+    per_skill: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        chance = 1.0 / max(1, len(_candidates(r, answers_by_task)))
+        for s in row_skills(r):
+            per_skill[s].append(chance)
+    return {s: sum(v) / len(v) for s, v in sorted(per_skill.items())}
 
 
 def _candidates(row: Mapping[str, Any], answers_by_task: Mapping[str, set[str]]) -> list[str]:
@@ -183,7 +211,7 @@ def evaluate_student(
         counts={s: len(v) for s, v in sorted(per_skill.items())},
         overall=sum(p["correct"] for p in preds) / len(preds),
         restricted={s: sum(v) / len(v) for s, v in sorted(per_skill_r.items())} if restricted else None,
-        well_formed=(sum(bool(_WELL_FORMED.match(t.strip())) for t in step_replies) / len(step_replies)) if step_replies else None,
+        well_formed=(sum(is_well_formed(t) for t in step_replies) / len(step_replies)) if step_replies else None,
         predictions=preds,
     )
 

@@ -39,3 +39,26 @@ def test_selection_precision(tmp_path):
     got = selection_precision(tmp_path, pool_truth, gap_truth, {"binding", "position"})
     # p1 meets gap 0; p2 meets nothing; p3 misses gap 1 but meets "any"; p4 (no gap) meets all_truth.
     assert got == {"selected": 4, "precision_gap": 0.5, "precision_any": 0.75}
+
+
+def test_error_profile_tells_gap_errors_from_unparsed_and_answer_only_errors(tmp_path):
+    import json as _json
+
+    from edray.schemas import ANSWERS
+    from edray.world.ground_truth import error_profile
+
+    rows = generate_eval_rows("corner", "validation", 3, seed=3).to_pylist()
+    gold = [_json.loads(r["metadata"])["world"]["steps"] for r in rows]
+    # Row 0: every step holds (only the answer is wrong); row 1: an unparseable first step;
+    # row 2: the first step (vertical position) contradicted by swapping the row name.
+    bad = gold[2][0].replace("top", "TMP").replace("bottom", "top").replace("TMP", "bottom")
+    assert bad != gold[2][0]
+    steps = [gold[0], ["Something vague.", gold[1][1]], [bad, gold[2][1]]]
+    replies = ["\n".join(f"Step {i}: {s}" for i, s in enumerate(st, 1)) + "\nAnswer: Z" for st in steps]
+    replies[1] = "Step 1 Something vague."  # not well formed either
+    pq.write_table(pa.Table.from_pylist([{"id": r["id"], "response": t} for r, t in zip(rows, replies)]), tmp_path / ANSWERS)
+    pq.write_table(pa.Table.from_pylist([{"id": r["id"], "steps": st} for r, st in zip(rows, steps)]), tmp_path / ERRORS)
+    got = error_profile(tmp_path, {r["id"]: r for r in rows}, ["vertical_position"])
+    assert got["true_skills"] == {"none": 1, "unparsed": 1, "vertical_position": 1}
+    assert got["gap_share"] == pytest.approx(1 / 3) and got["well_formed"] == pytest.approx(2 / 3)
+    assert got["mean_steps"] == 2.0 and got["errors"] == 3

@@ -1,0 +1,155 @@
+"""The world checks (a)-(e) on a run folder whose truths are known (tests/fixtures/checks.py), and on
+variants of it that must fail or cannot be measured."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from edray.schemas import ERRORS, EVAL_SCORES, EVAL_SCORES_SCHEMA, SELECTION, SELECTION_SCHEMA
+from edray.world import checks
+from edray.world.ground_truth import pool_skill_truth
+from tests.fixtures.checks import BUDGET, GAPS, MISSES, ORACLE_ACC, RANDOM_ACC
+
+
+@pytest.fixture(scope="module")
+def results(check_run, tmp_path_factory):
+    inputs = checks.run_dir_inputs(check_run.run_dir)
+    assert inputs.pop("gap_source") == "the run config's pretraining mix"
+    out = tmp_path_factory.mktemp("checks")
+    return out, inputs, checks.run_checks(out, **inputs, oracle_model="oracle", random_model="random")
+
+
+def test_run_folder_inputs(check_run, results) -> None:
+    _, inputs, _ = results
+    assert inputs["gap_skills"] == sorted(GAPS)
+    assert set(inputs["selections"]) == {"error_driven", "random", "oracle"}
+    assert inputs["selections"]["error_driven"] == check_run.run_dir / "round_0" / "select"
+    assert inputs["base_model"] == "base" and inputs["pool"] == check_run.world_dir / "pool"
+
+
+def test_each_check_measures_the_planted_truth(check_run, results) -> None:
+    _, _, res = results
+    by = {r.check: r for r in res}
+    assert [r.check for r in res] == ["a", "b", "c", "d", "e"]
+    # (a) the base student is right on every non-gap row and wrong on every gap row.
+    assert by["a"].status == "pass" and by["a"].measured["nongap_min"] == 1.0
+    assert {s: by["a"].measured["per_skill"][s] for s in GAPS} == {s: 0.0 for s in GAPS}
+    # (b) the planted errors: every reply well formed; gap share and steps as planted (today's world
+    # has mostly one-step source tasks, so this check fails on it).
+    b = by["b"].measured
+    assert b["errors"] == check_run.errors and b["well_formed"] == 1.0
+    assert b["gap_share"] == pytest.approx(check_run.gap_error_share, abs=1e-4)
+    assert b["mean_steps"] == pytest.approx(check_run.mean_steps, abs=1e-4)
+    assert by["b"].status == ("pass" if check_run.gap_error_share >= 0.7 and check_run.mean_steps >= 2 else "fail")
+    # (c) every planted step located and named exactly.
+    assert by["c"].status == "pass" and by["c"].measured["joint_accuracy"] == 1.0
+    # (d) BUDGET - MISSES gap rows among the targeted rows; the 10 replay rows do not count.
+    arms = by["d"].measured["arms"]
+    assert arms["error_driven"]["targeted"] == BUDGET and arms["error_driven"]["replay"] == 10
+    assert arms["error_driven"]["gap_rows"] == BUDGET - MISSES
+    assert arms["error_driven"]["precision"] == pytest.approx(check_run.precision) and arms["oracle"]["precision"] == 1.0
+    assert abs(arms["random"]["precision"] - by["d"].measured["pool_gap_share"]) < 0.05
+    assert by["d"].status == "pass"
+    # (e) oracle - random, with a paired bootstrap interval around it.
+    e = by["e"].measured
+    assert e["difference"] == pytest.approx(ORACLE_ACC - RANDOM_ACC)
+    assert e["ci95"][0] < e["difference"] < e["ci95"][1] and e["ci95"][0] > 0
+    assert by["e"].status == "pass"
+    assert [r.passed for r in res] == [r.status == "pass" for r in res]
+
+
+def test_written_files_and_table(results) -> None:
+    out, _, res = results
+    saved = json.loads((out / checks.CHECKS_JSON).read_text())
+    assert [d["status"] for d in saved] == [r.status for r in res]
+    frame = pd.read_parquet(out / checks.CHECKS_PARQUET)
+    assert list(frame["check"]) == ["a", "b", "c", "d", "e"]
+    assert json.loads(frame.loc[2, "measured"])["joint_accuracy"] == 1.0
+    text = checks.format_checks(res)
+    for r in res:
+        assert f"({r.check}) {r.name}" in text
+    passed = sum(r.passed for r in res)
+    assert f"{passed} of 5 checks passed" in text
+
+
+def _copy_diagnose(check_run, tmp_path: Path) -> Path:
+    d = tmp_path / "diagnose"
+    shutil.copytree(check_run.run_dir / "round_0" / "diagnose", d)
+    return d
+
+
+def test_located_steps_fail_when_a_tenth_is_off(check_run, results, tmp_path: Path) -> None:
+    _, inputs, _ = results
+    d = _copy_diagnose(check_run, tmp_path)
+    errors = pq.read_table(d / ERRORS).to_pylist()
+    moved = 0
+    for e in errors:
+        if moved < len(errors) // 10 + 1 and len(e["steps"]) >= 2:
+            e["step"] = 1 if e["step"] != 1 else 2
+            moved += 1
+    pq.write_table(pa.Table.from_pylist(errors, schema=pq.read_schema(d / ERRORS)), d / ERRORS)
+    rows = checks.read_eval_rows_by_id(inputs["validation"])
+    got = checks.check_located_steps(d, rows)
+    assert got.status == "fail" and not got.passed
+    assert got.measured["joint_accuracy"] == pytest.approx(1 - moved / len(errors), abs=1e-4)
+
+
+def test_precision_fails_below_threshold_and_needs_an_error_driven_arm(check_run, results, tmp_path: Path) -> None:
+    _, inputs, _ = results
+    truth = pool_skill_truth(inputs["pool"])
+    gap = sorted(i for i, s in truth.items() if set(s) & set(GAPS))[:10]
+    other = sorted(i for i, s in truth.items() if not set(s) & set(GAPS))[:10]
+    rows = [{"id": i, "source": "pool", "strategy": "error_driven", "round": 0, "gap_id": 0, "skill": "x", "error_ids": [],
+             "query": "x", "retrieval_mode": "bm25", "score": 1.0, "rank": 1} for i in gap + other]
+    (tmp_path / "half").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SELECTION_SCHEMA), tmp_path / "half" / SELECTION)
+    got = checks.check_selection_precision({"ed": tmp_path / "half"}, truth, GAPS)
+    assert got.status == "fail" and got.measured["arms"]["ed"]["precision"] == 0.5
+    got = checks.check_selection_precision({"random": inputs["selections"]["random"]}, truth, GAPS)
+    assert got.status == "not_measured" and not got.passed
+
+
+def test_headroom_fails_or_is_not_measured(check_run, results, tmp_path: Path) -> None:
+    _, inputs, _ = results
+    ev = inputs["evaluate_dir"]
+    reverse = checks.check_headroom(ev, "random", "oracle")
+    assert reverse.status == "fail" and reverse.measured["difference"] == pytest.approx(RANDOM_ACC - ORACLE_ACC)
+    assert checks.check_headroom(ev, None, None).status == "not_measured"
+    missing = checks.check_headroom(ev, "nobody", "random")
+    assert missing.status == "not_measured" and "nobody" in missing.explanation
+
+
+def test_student_gaps_fail_when_a_gap_is_learned(check_run, results, tmp_path: Path) -> None:
+    _, inputs, _ = results
+    scores = pq.read_table(inputs["evaluate_dir"] / EVAL_SCORES).to_pylist()
+    for s in scores:
+        if s["model"] == "base" and s["suite"] == "general" and s["skill"] == "vertical_position":
+            s["accuracy"] = 0.95
+    (tmp_path / "ev").mkdir()
+    pq.write_table(pa.Table.from_pylist(scores, schema=EVAL_SCORES_SCHEMA), tmp_path / "ev" / EVAL_SCORES)
+    general = pq.read_table(inputs["general"]).to_pylist()
+    got = checks.check_student_gaps(tmp_path / "ev", general, GAPS)
+    assert got.status == "fail" and "vertical_position" in got.explanation
+    assert checks.check_student_gaps(tmp_path / "ev", general, GAPS, base_model="nobody").status == "not_measured"
+
+
+def test_missing_stage_output_is_named(check_run, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(check_run.run_dir, run)
+    (run / "round_0" / "diagnose" / ERRORS).unlink()
+    with pytest.raises(FileNotFoundError, match="errors.parquet"):
+        checks.run_dir_inputs(run)
+
+
+def test_gap_skills_come_from_the_student_manifest(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"mix": {"count_comparison": 0.01, "spot": 2.0}}}))
+    assert checks.designed_gap_skills(tmp_path) == (["count_comparison"], f"{tmp_path / 'manifest.json'} (pretraining mix)")
+    skills, source = checks.designed_gap_skills(tmp_path / "none")
+    assert skills == ["attribute_binding", "vertical_position"] and "default" in source
