@@ -7,10 +7,11 @@ Usage::
 What it measures, on one tiny student (``StudentConfig()``: CLIP 128 x 2, Llama 128 x 2) and the same
 rows of the world's supporting pool:
 
-1. *Ray Train vs. plain PyTorch*: median step time of ``edray.train.job`` with one worker (``step_s`` in
-   its metrics: data iteration + collate + forward/backward + optimizer) against the same work in a
-   plain loop in this process (same config, same batches, same collate). Ratio = plain / Ray
-   (throughput of Ray relative to plain; goal >= 0.9).
+1. *Ray Train vs. plain PyTorch*: median step time of ``edray.train.job`` with one worker on Ray Train
+   (``step_s`` in its metrics: data iteration + collate + forward/backward + optimizer) against the same
+   work in a plain loop in this process (same config, same batches, same collate). Ratio = plain / Ray
+   (throughput of Ray relative to plain; goal >= 0.9). The same for the in-process runner (the default
+   for one CPU worker), and both fits' wall times, start-up included.
 2. *SPIDER vs. full*: median step time of the plain loop with and without the SPIDER mask, steps
    alternating between the two models (goal <= 1.15), and the time of SPIDER's capture + apply alone.
 3. *SPIDER memory*: bytes held beyond full fine-tuning (θ0 + G, fp32, from the state's own
@@ -131,6 +132,11 @@ def main() -> None:
         fit_s = time.perf_counter() - t0
         ray_full = pq.read_table(stage / "metrics.parquet")["step_s"].to_pylist()
         ray.shutdown()
+        # the same fit in this process (runner in_process, the default for one CPU worker)
+        t0 = time.perf_counter()
+        stage = job.run(full_cfg.model_copy(update={"runner": "in_process"}), root / "run_in_process", student, selection)
+        in_process_fit_s = time.perf_counter() - t0
+        in_process_full = pq.read_table(stage / "metrics.parquet")["step_s"].to_pylist()
 
     med = lambda xs: statistics.median(xs[skip:])  # noqa: E731
     result = {
@@ -143,6 +149,9 @@ def main() -> None:
         "ray_full_step_s": med(ray_full),
         "ray_fit_wall_s": fit_s,
         "ray_vs_plain_throughput": med(plain_full) / med(ray_full),
+        "in_process_full_step_s": med(in_process_full),
+        "in_process_fit_wall_s": in_process_fit_s,
+        "in_process_vs_plain_throughput": med(plain_full) / med(in_process_full),
         "spider_vs_full_step_time": med(plain_spider) / med(plain_full),
         "spider_capture_apply_s": med(spider_only),
         "trainable_bytes": trainable_bytes,

@@ -419,6 +419,9 @@ def round_works(cfg: Any, stages: Any, paths: Any, round_index: int, student: Pa
     specs = {m.name: m for m in ev.models}
     for arm in arms:
         sel, train = stages.select[arm.name], stages.train[arm.name]
+        selection = None
+        if arm.strategy == "oracle":
+            selection = str(_oracle_selection(paths.arm_dir(cfg.arms, arm), paths.world_dir, arm.name, sel, round_index, student))
         works.append(
             ArmWork(
                 name=arm.name,
@@ -428,7 +431,8 @@ def round_works(cfg: Any, stages: Any, paths: Any, round_index: int, student: Pa
                 pool=str(paths.pool),
                 evaluate=ev.model_copy(update={"models": [specs[arm.name]], "evaluate_base": False}).model_dump(mode="json"),
                 strategy=arm.strategy,
-                select=sel.model_dump(mode="json"),
+                select=None if selection else sel.model_dump(mode="json"),
+                selection=selection,
                 train=train.model_dump(mode="json"),
                 resources=trial_resources(train),
                 labels={
@@ -441,6 +445,19 @@ def round_works(cfg: Any, stages: Any, paths: Any, round_index: int, student: Pa
             )
         )
     return works
+
+
+def _oracle_selection(root: Path, world_dir: Path, arm: str, sel: Any, round_index: int, student: Path) -> Path:
+    """The oracle arm's selection, written from the world's ground truth into the arm's select folder."""
+    from edray.world.checks import designed_gap_skills
+    from edray.world.oracle import write_oracle_selection
+
+    if sel.budget is None:
+        raise ValueError(f"arm {arm}: the oracle needs select.budget (an absolute number of rows)")
+    skills, _ = designed_gap_skills(student)
+    folder = StageDir(Path(root), "select", round_index).path
+    return write_oracle_selection(world_dir, folder, budget=sel.budget, seed=sel.seed, gap_skills=skills,
+                                  round_index=round_index) / SELECTION
 
 
 def eval_parts(works: list[ArmWork], records: list[dict[str, Any]]) -> list[Path]:

@@ -29,8 +29,10 @@ class ArmConfig(EdrayModel):
     """
 
     name: str = Field(..., min_length=1, max_length=64, description="Arm name (letters, digits, _ and -).")
-    strategy: Literal["error_driven", "random", "insta", "full", "validation"] = Field(
-        "error_driven", description="select.strategy of this arm."
+    strategy: Literal["error_driven", "random", "insta", "full", "validation", "oracle"] = Field(
+        "error_driven",
+        description="select.strategy of this arm; oracle (skills world only) trains on pool rows of the student's "
+        "true gap skills, read from the world's ground truth (its select fields give the budget and seed).",
     )
     mode: Optional[Literal["bm25", "dense", "hybrid"]] = Field(
         None, description="select.mode of this arm (retrieval); null keeps the select section's value."

@@ -43,7 +43,7 @@ from edray.console import console, stage_line
 from edray.pipeline.config import ArmConfig, RunConfig, validate_section
 from edray.resources import ensure_ray
 from edray.rundir import MANIFEST, Stage, StageDir, run_stage
-from edray.schemas import RUN_CONFIG, WORLD_EVAL_DIR, WORLD_GENERAL_SUITE, WORLD_POOL_DIR
+from edray.schemas import RUN_CONFIG, WORLD_EVAL_DIR, WORLD_GENERAL_SUITE, WORLD_INFO, WORLD_POOL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ def stage_configs(
             _deep_merge(cfg.select, arm.select),
             {
                 "round": round_index,
-                "strategy": arm.strategy,
+                # the oracle's rows come from the world (edray.pipeline.arms); its section gives budget and seed
+                "strategy": "random" if arm.strategy == "oracle" else arm.strategy,
                 "index_dir": str(paths.run_dir / "index"),
                 "diagnose_dir": str(StageDir(paths.run_dir, "diagnose", round_index).path),
             },
@@ -319,6 +320,26 @@ def prepare(cfg: RunConfig, run_dir: Path, progress: Progress, force: bool = Fal
     return RunPaths(run_dir=run_dir, world_dir=world_dir, student=student)
 
 
+def world_checks(cfg: RunConfig, run_dir: Path, round_index: int) -> list[Any]:
+    """The skills world's checks of the run (edray.world.checks), printed and kept in ``<run-dir>/checks``.
+
+    They say why the method did or did not help (student gaps, located steps, selection precision,
+    headroom of the oracle arm over random); a failing check is reported, never fatal to the run.
+    """
+    from edray.world import checks
+
+    try:
+        inputs = checks.run_dir_inputs(run_dir, round_index)
+    except FileNotFoundError as exc:
+        log.warning("world checks skipped: %s", exc)
+        return []
+    inputs.pop("gap_source")
+    first = {s: next((a.name for a in cfg.arms if a.strategy == s), None) for s in ("oracle", "random")}
+    results = checks.run_checks(run_dir / "checks", **inputs, oracle_model=first["oracle"], random_model=first["random"])
+    console.print(checks.format_checks(results), highlight=False, markup=False)
+    return results
+
+
 def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) -> Path:
     """Run the whole method; every finished stage is skipped on a re-run.
 
@@ -385,6 +406,8 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
         if k + 1 < cfg.rounds:
             current = _tuned_student(run_dir, k, current)
 
+    if (paths.world_dir / WORLD_INFO).is_file():
+        world_checks(cfg, run_dir, cfg.rounds - 1)
     if cfg.report:
         with progress.stage("report: write report.html"):
             out = report_job.write_report(run_dir)

@@ -14,6 +14,7 @@ Run it with::
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import defaultdict
@@ -237,6 +238,19 @@ def arms_section(run_dir: Path) -> str:
     return note + body
 
 
+def checks_section(run_dir: Path) -> str:
+    """The skills world's checks of the run (``checks/checks.json``): why the method did or did not help."""
+    path = run_dir / "checks" / "checks.json"
+    if not path.is_file():
+        return core.missing("No world checks: they run on skills-world runs (`edray world check --run-dir RUN`).")
+    results = json.loads(path.read_text())
+    passed = sum(r["status"] == "pass" for r in results)
+    return f"<p>{passed} of {len(results)} checks passed.</p>" + core.table(
+        ["check", "name", "status", "measured", "needs"],
+        [[f"({r['check']})", r["name"], r["status"].upper(), r["explanation"], r["threshold"]] for r in results],
+    )
+
+
 def retention_section(summary: list[dict[str, Any]] | None) -> str:
     """Retention against target gain, one point per model."""
     if not summary:
@@ -384,6 +398,7 @@ def build_report(run_dir: str | Path, max_errors: int = 200, max_samples: int = 
         ("baselines", "Baselines side by side", baselines_section(summary)),
         ("retention", "Retention vs. target gain", retention_section(summary)),
         ("arms", "Arms (trials)", arms_section(run)),
+        ("checks", "World checks", checks_section(run)),
         ("training", "Training", training_section(run, ks)),
         ("errors", "Errors", errors_section(run, ks, max_errors, max_samples)),
     ]

@@ -74,3 +74,26 @@ def test_a_trial_too_big_for_the_cluster_is_refused_before_any_starts(ray_sessio
     with pytest.raises(ResourceError, match=r"arms\[huge\]\.train\.num_workers"):
         run_arms([work], tmp_path / "run", 0)
     assert not work.record_path.exists()
+
+
+def test_an_oracle_arm_trains_on_the_worlds_gap_rows(world_dir, train_student, tmp_path) -> None:
+    from edray.pipeline.arms import round_works
+    from edray.pipeline.config import RunConfig
+    from edray.pipeline.job import RunPaths, stage_configs
+    from edray.world.checks import designed_gap_skills
+    from edray.world.pool import true_skills
+
+    cfg = RunConfig.model_validate(
+        {"world_dir": str(world_dir), "student": str(train_student),
+         "arms": [{"name": "ed"}, {"name": "oracle", "strategy": "oracle", "select": {"budget": 32, "seed": 3}}]}
+    )  # fmt: skip
+    paths = RunPaths(tmp_path / "run", world_dir, train_student)
+    works = {w.name: w for w in round_works(cfg, stage_configs(cfg, paths, 0, student=train_student), paths, 0, train_student)}
+    oracle = works["oracle"]
+    assert oracle.select is None and oracle.strategy == "oracle" and works["ed"].select is not None
+    sel = pq.read_table(oracle.selection).to_pylist()
+    assert len(sel) == 32 and {r["strategy"] for r in sel} == {"oracle"}
+    gaps = set(designed_gap_skills(train_student)[0])
+    truth = {r["id"]: set(true_skills(r)) for r in pq.read_table(world_dir / "pool", columns=["id", "metadata"]).to_pylist()}
+    assert gaps and all(truth[r["id"]] & gaps for r in sel)
+    assert Path(oracle.selection).parent == tmp_path / "run" / "arms" / "oracle" / "round_0" / "select"

@@ -350,3 +350,7 @@ def test_run_killed_mid_train_resumes_without_redoing_finished_stages(
     for name in (MAIN_ARM, OTHER_ARM, cfg["task"]):
         assert name in html, f"the report never mentions {name}"
     assert "Arms (trials)" in html and "in_process" in html
+    # the skills world's checks ran on the finished run: printed, kept, and in the report
+    checks = json.loads((run_dir / "checks" / "checks.json").read_text())
+    assert [c["check"] for c in checks] == ["a", "b", "c", "d", "e"]
+    assert re.search(r"\d of 5 checks passed", output) and "World checks" in html
