@@ -63,12 +63,31 @@ def arm_table(run_dir: Path) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(rows)
+    # The shared columns of docs/results/arms.csv, one name per strategy (ablations named apart).
+    pool_size = (cfg.get("world") or {}).get("pool", {}).get("pool_size")
+    table.insert(0, "task", cfg.get("task"))
+    table["strategy"] = [_strategy_name(r.strategy, r.query, r.locator) for r in table.itertuples()]
+    table["budget_share"] = [b / pool_size if pool_size and b is not None and not pd.isna(b) else None for b in table["budget"]]
+    table["update"] = table["update_mode"]
+    table["target_accuracy"] = table["target"]
+    table["n_test"] = [summary[m].target_n for m in table["model"]]
     arms_path = run_dir / "arms.parquet"
     if arms_path.is_file():
         arms = pd.read_parquet(arms_path, columns=["arm", "round", "status", "node_id", "wall_s"])
         arms = arms[arms["round"] == 0].drop(columns="round").rename(columns={"arm": "model"})
         table = table.merge(arms, on="model", how="left")
     return table
+
+
+def _strategy_name(strategy: str, query: str, locator: str) -> str:
+    """``none`` for the base student; error-driven ablations get their own names."""
+    if strategy == "base":
+        return "none"
+    if strategy == "error_driven" and locator == "random":
+        return "error_driven_random_step"
+    if strategy == "error_driven" and query == "step":
+        return "error_driven_raw_step"
+    return strategy
 
 
 def mean_sd(values: pd.Series) -> str:
@@ -151,8 +170,8 @@ def plot_updates(df: pd.DataFrame, base: pd.Series, out: Path) -> None:
 
 def build(runs: list[Path], plots: Path, docs_rel: str) -> str:
     df = pd.concat([arm_table(r) for r in runs], ignore_index=True)
-    base = df[df.strategy == "base"].iloc[0]
-    tuned = df[df.strategy != "base"].copy()
+    base = df[df.strategy == "none"].iloc[0]
+    tuned = df[df.strategy != "none"].copy()
     # the update most arms use (the run's train section); the others are the weight-update comparison
     main_update = str(tuned[tuned.strategy != "error_driven"].update_mode.mode().iloc[0])
     plots.mkdir(parents=True, exist_ok=True)
@@ -195,7 +214,7 @@ def build(runs: list[Path], plots: Path, docs_rel: str) -> str:
 
     mid = int(main[main.strategy == "error_driven"]["budget"].median()) if not main[main.strategy == "error_driven"].empty else None
     if mid is not None:
-        ed = tuned[(tuned.strategy == "error_driven") & (tuned.budget == mid)]
+        ed = tuned[tuned.strategy.str.startswith("error_driven") & (tuned.budget == mid)]
         abl = ed[(ed["mode"] == "hybrid") & (ed.update_mode == main_update)].copy()
         abl["variant"] = abl.apply(
             lambda r: "random step" if r.locator == "random" else ("raw erroneous step as query" if r["query"] == "step" else "answer switch + skill (the method)"),
@@ -219,7 +238,7 @@ def build(runs: list[Path], plots: Path, docs_rel: str) -> str:
             ]
     df.drop(columns=skill_cols).to_csv(plots / "arms.csv", index=False)
     if "wall_s" in df.columns:
-        arm_walls = df[df.strategy != "base"]["wall_s"].dropna()
+        arm_walls = df[df.strategy != "none"]["wall_s"].dropna()
         parts += [
             f"Arms ran as Ray Tune trials: {len(arm_walls)} arms, median {arm_walls.median():.1f} s per arm "
             f"(select + train + evaluate) on {df['node_id'].nunique()} node(s).",
