@@ -212,11 +212,25 @@ def _embed_batched(embed: Any, texts: list[str], batch: int = 256) -> np.ndarray
     return np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
 
 
+_INSTRUCTION_VECTORS: dict[tuple[Any, ...], tuple[list[str], np.ndarray]] = {}
+
+
+def _pool_instruction_vectors(handle: Any) -> tuple[list[str], np.ndarray]:
+    """The pool's ids and embedded instructions, kept per process and table version: the INSTA arms of a
+    grid that one process selects for one after another embed the pool once."""
+    info = getattr(handle, "info", {}) or {}
+    key = (info.get("uri"), info.get("table"), handle.table.version, info.get("embed_model"), info.get("max_seq_length"))
+    if key not in _INSTRUCTION_VECTORS:
+        pool = handle.table.to_lance().to_table(columns=["id", "instruction"]).to_pylist()
+        ids = [str(r["id"]) for r in pool]
+        _INSTRUCTION_VECTORS.clear()
+        _INSTRUCTION_VECTORS[key] = (ids, _embed_batched(handle.embed, [r["instruction"] or "" for r in pool]))
+    return _INSTRUCTION_VECTORS[key]
+
+
 def select_insta(handle: Any, budget: int, validation: list[dict[str, Any]], guard: Guard) -> list[core.Pick]:
     """INSTA-style baseline: pool samples whose instruction is most similar to the target task's."""
-    pool = handle.table.to_lance().to_table(columns=["id", "instruction"]).to_pylist()
-    ids = [str(r["id"]) for r in pool]
-    vectors = _embed_batched(handle.embed, [r["instruction"] or "" for r in pool])
+    ids, vectors = _pool_instruction_vectors(handle)
     targets = _embed_batched(handle.embed, [instruction_and_answer(r["messages"])[0] for r in validation])
     ranked = core.rank_by_instruction_similarity(ids, vectors, targets)
     picks: list[core.Pick] = []

@@ -97,3 +97,16 @@ def test_an_oracle_arm_trains_on_the_worlds_gap_rows(world_dir, train_student, t
     truth = {r["id"]: set(true_skills(r)) for r in pq.read_table(world_dir / "pool", columns=["id", "metadata"]).to_pylist()}
     assert gaps and all(truth[r["id"]] & gaps for r in sel)
     assert Path(oracle.selection).parent == tmp_path / "run" / "arms" / "oracle" / "round_0" / "select"
+
+
+def test_a_two_worker_arm_keeps_ray_train_inside_its_trial(ray_session, train_student, train_pool, tmp_path) -> None:
+    from edray.pipeline.arms import run_arms, trial_resources
+
+    ids = pq.read_table(train_pool, columns=["id"])["id"].to_pylist()[:32]
+    pq.write_table(pa.table({"id": ids}), tmp_path / "sel.parquet")
+    (work,) = _works(tmp_path / "run", train_student, train_pool, {"ddp": tmp_path / "sel.parquet"})
+    cfg = _train().model_copy(update={"num_workers": 2, "cpus_per_worker": 1.0})
+    work.train, work.resources = cfg.model_dump(mode="json"), trial_resources(cfg)
+    (record,) = run_arms([work], tmp_path / "run", 0)
+    assert record["status"] == "ok", record.get("error")
+    assert record["runner"] == "ray_train" and record["train_steps"] == 2
