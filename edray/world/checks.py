@@ -248,7 +248,7 @@ def check_headroom(evaluate_dir: Path | None, oracle_model: str | None, random_m
     evaluate stage's predictions are there."""
     threshold = f"oracle - random target accuracy >= {HEADROOM_MIN * 100:.0f} points"
     if evaluate_dir is None or not oracle_model or not random_model:
-        return CheckResult("e", "headroom", {}, threshold, NOT_MEASURED, "needs an oracle and a random arm (--arm-oracle, --arm-random)")
+        return CheckResult("e", "headroom", {}, threshold, NOT_MEASURED, "needs an oracle and a random arm (arms with strategy oracle and random, or --arm-oracle / --arm-random)")
     scores = _read_scores(evaluate_dir)
     oracle, rand = _overall(scores, oracle_model, "target"), _overall(scores, random_model, "target")
     measured: dict[str, Any] = {"oracle_model": oracle_model, "random_model": random_model, "oracle": oracle, "random": rand}
@@ -352,7 +352,7 @@ def format_checks(results: Sequence[CheckResult]) -> str:
         lines.append(f"({r.check}) {r.name:<{width}}  {r.status.upper():<12} {r.explanation}")
         lines.append(f"    {'':<{width}}  {'':<12} needs: {r.threshold}")
     passed = sum(r.passed for r in results)
-    lines.append(f"{passed} of {len(results)} checks passed" + ("" if passed == len(results) else ": the grid should wait"))
+    lines.append(f"{passed} of {len(results)} checks passed" + ("" if passed == len(results) else ": experiment grids on this world should wait until they pass (docs/world.md)"))
     return "\n".join(lines)
 
 
