@@ -465,8 +465,10 @@ def run_pipeline(
 ) -> None:
     """The whole method: world → student → index → rounds of diagnose → select → train → evaluate → report.
 
-    Every stage is skipped when it already finished with the same config and inputs, so a killed run
-    started again continues from the last finished stage.
+    Each arm (select → train → evaluate) runs as a Ray Tune trial, as many at once as the cluster holds;
+    <run-dir>/arms.parquet has one row per arm. Every stage is skipped when it already finished with the
+    same config and inputs, so a killed run started again continues from the last finished stage and
+    arm; a failed arm is recorded, the others finish, and the command then exits with an error.
     """
     from edray.pipeline import job
     from edray.rundir import new_run_dir
@@ -498,6 +500,7 @@ def quickstart(
 
 def main() -> None:
     """Console-script entry point: known failures print one message (no traceback) and exit non-zero."""
+    from edray.pipeline.job import ArmsFailed
     from edray.resources import ResourceError, StallError
 
     try:
@@ -510,6 +513,9 @@ def main() -> None:
         sys.exit(2)
     except StallError as exc:
         err_console.print(f"stalled: {exc}", highlight=False, markup=False)
+        sys.exit(1)
+    except ArmsFailed as exc:
+        err_console.print(f"arms failed: {exc}", highlight=False, markup=False)
         sys.exit(1)
 
 
