@@ -161,8 +161,6 @@ def prepare_local(cfg: TrainConfig, student: Path, selection: Path, pool: Path |
     Raises:
         ValueError: as :func:`prepare_datasets`.
     """
-    import pyarrow.compute as pc
-
     names, id_list = _selection_ids(selection)
     if {"images", "messages"} <= set(names):
         source = selection
@@ -171,9 +169,8 @@ def prepare_local(cfg: TrainConfig, student: Path, selection: Path, pool: Path |
         raise ValueError(f"selection {selection} holds ids only (no images/messages columns): give the supporting pool")
     else:
         source = pool
-        whole = _pool_rows(str(pool))
-        table = whole.filter(pc.is_in(whole["id"], value_set=pa.array(id_list, pa.string())))
-    errors = _row_errors(table, str(student), cfg.max_length, cfg.trust_remote_code)
+        table = _pool_rows(str(pool), id_list)
+    errors = _row_errors(table, str(student), cfg.max_length, cfg.trust_remote_code, str(source))
     order = [_order_key(cfg.seed, str(i)) for i in table["id"].to_pylist()]
     meta_tab = pa.table({"id": table["id"], "_error": pa.array(errors, pa.string())})
     quarantine, n_good = _quarantine_table(cfg, id_list, meta_tab, source)
@@ -246,24 +243,44 @@ def _file_key(path: str) -> tuple[str, int]:
 
 
 _POOLS: dict[tuple[str, int], pa.Table] = {}
-_CHECKED: dict[tuple[str, int, bool], dict[str, str | None]] = {}
+_CHECKED: dict[tuple[Any, ...], dict[str, str | None]] = {}
 
 
-def _pool_rows(pool: str) -> pa.Table:
-    """The pool's ``id, images, messages``, read once per process and version of the pool."""
+# Pools up to this size on disk are kept in memory by the process that trains in process (the arms a
+# trial process runs one after another then read them once); larger pools are read per selection.
+POOL_CACHE_BYTES = 1 << 30
+
+
+def _pool_rows(pool: str, ids: list[str]) -> pa.Table:
+    """The pool's ``id, images, messages`` rows of ``ids`` (a small pool is read once per process)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    path, columns = Path(pool), ["id", "images", "messages"]
+    wanted = pa.array(ids, pa.string())
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    if size > POOL_CACHE_BYTES:
+        if is_lance(path):
+            import lance
+
+            return lance.dataset(str(path)).to_table(columns=columns, filter=pc.field("id").isin(wanted))
+        return pads.dataset(str(path), format="parquet").to_table(columns=columns, filter=pc.field("id").isin(wanted))
     key = _file_key(pool)
     if key not in _POOLS:
         _POOLS.clear()
-        columns = ["id", "images", "messages"]
-        _POOLS[key] = _lance_table(Path(pool), columns) if is_lance(Path(pool)) else pq.read_table(pool, columns=columns)
-    return _POOLS[key]
+        _POOLS[key] = _lance_table(path, columns) if is_lance(path) else pq.read_table(pool, columns=columns)
+    whole = _POOLS[key]
+    return whole.filter(pc.is_in(whole["id"], value_set=wanted))
 
 
-def _row_errors(table: pa.Table, student: str, max_length: int, trust_remote_code: bool) -> list[str | None]:
-    """Each row's collate error (``None`` when it trains), remembered per student and row id."""
+def _row_errors(table: pa.Table, student: str, max_length: int, trust_remote_code: bool, source: str) -> list[str | None]:
+    """Each row's collate error (``None`` when it trains), remembered per version of the student folder
+    and of the rows' source file, and per row id."""
     from edray.train.core import CollateError, collate_rows
 
-    key = (str(Path(student).resolve()), max_length, trust_remote_code)
+    key = (_file_key(student), max_length, trust_remote_code, _file_key(source))
+    if key not in _CHECKED and len(_CHECKED) > 8:
+        _CHECKED.clear()
     known = _CHECKED.setdefault(key, {})
     processor = _load_processor(student, trust_remote_code)
     out: list[str | None] = []
