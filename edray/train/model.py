@@ -14,6 +14,10 @@ from typing import Any
 
 from edray.train.config import TrainConfig
 
+# Students up to this many bytes of weights are kept in memory to be copied per arm; a larger one is
+# loaded afresh every time (a kept copy would double its memory).
+SHARE_MAX_BYTES = 1 << 30
+
 _lock = threading.Lock()
 _shared: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
 
@@ -28,7 +32,8 @@ def load_student(student: str, trust_remote_code: bool = False, share: bool = Fa
     """The student model (fp32, CPU) and its processor.
 
     With ``share`` the last loaded student stays in memory and every call returns a deep copy of it
-    (keyed by the folder's files, sizes and modification times, so changed weights are loaded afresh).
+    (keyed by the folder's files, sizes and modification times, so changed weights are loaded afresh),
+    unless its weights exceed :data:`SHARE_MAX_BYTES`.
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -39,7 +44,8 @@ def load_student(student: str, trust_remote_code: bool = False, share: bool = Fa
         model = AutoModelForImageTextToText.from_pretrained(student, trust_remote_code=trust_remote_code, dtype=torch.float32)
         return model, processor
 
-    if not share:
+    weights = sum(f.stat().st_size for f in Path(student).glob("*.safetensors"))
+    if not share or weights > SHARE_MAX_BYTES:
         return load()
     key = (str(Path(student).resolve()), _folder_key(student), trust_remote_code)
     with _lock:
