@@ -28,7 +28,7 @@ import math
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ class ArmWork:
     train: dict[str, Any] | None = None
     resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
     labels: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
 
     @property
     def is_base(self) -> bool:
@@ -204,18 +205,20 @@ def run_arm(work: ArmWork) -> dict[str, Any]:
             from edray.select import job as select_job
             from edray.select.config import SelectConfig
 
-            select_dir = select_job.run(SelectConfig.model_validate(work.select), work.root)
+            select_dir = select_job.run(SelectConfig.model_validate(work.select), work.root, force=work.force)
             selection = select_dir / SELECTION
             record["selected"] = _manifest(select_dir).get("counts", {}).get("selected")
         timings["select_s"] = time.time() - t0
         t1 = time.time()
-        train_dir = train_job.run(TrainConfig.model_validate(work.train), work.root, work.student, selection, work.pool, work.round)
+        train_dir = train_job.run(
+            TrainConfig.model_validate(work.train), work.root, work.student, selection, work.pool, work.round, force=work.force
+        )
         timings["train_s"] = time.time() - t1
         train_m = _manifest(train_dir)
         record.update({"train_steps": train_m.get("counts", {}).get("steps"), "runner": train_m.get("metrics", {}).get("runner")})
     if ev is not None:
         t2 = time.time()
-        eval_dir = evaluate_job.run(ev, work.root, name=EVAL_BASE if work.is_base else EVAL_ARM)
+        eval_dir = evaluate_job.run(ev, work.root, force=work.force, name=EVAL_BASE if work.is_base else EVAL_ARM)
         timings["evaluate_s"] = time.time() - t2
         record.update(_accuracies(eval_dir))
     return {
@@ -313,7 +316,9 @@ class _Progress:
         console.print(f"    arm {work['name']} [{self.done}/{self.total}]: {tail}")
 
 
-def run_arms(works: list[ArmWork], run_dir: Path, round_index: int, concurrency: int | None = None) -> list[dict[str, Any]]:
+def run_arms(
+    works: list[ArmWork], run_dir: Path, round_index: int, concurrency: int | None = None, force: bool = False
+) -> list[dict[str, Any]]:
     """Run the arms of one round as Tune trials (finished arms are skipped) and return every arm's record.
 
     Args:
@@ -321,6 +326,7 @@ def run_arms(works: list[ArmWork], run_dir: Path, round_index: int, concurrency:
         run_dir: the run folder (Tune's own records go to ``<run-dir>/.tune``).
         round_index: the round k.
         concurrency: at most this many trials at once (default: as many as the cluster's resources hold).
+        force: run every arm's stages again, finished or not.
 
     Raises:
         edray.resources.ResourceError: the largest trial cannot fit the cluster.
@@ -329,7 +335,9 @@ def run_arms(works: list[ArmWork], run_dir: Path, round_index: int, concurrency:
 
     from edray.resources import cluster_shape
 
-    pending = [w for w in works if not arm_done(w)]
+    if force:
+        works = [replace(w, force=True) for w in works]
+    pending = works if force else [w for w in works if not arm_done(w)]
     for w in works:
         if w not in pending and _record_status(w) != "ok":
             # finished before arm records existed, or by a re-run of its stages outside the runner

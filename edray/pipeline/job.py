@@ -389,7 +389,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
         n_arms = len(cfg.arms) if k == 0 else 1
         works = arms_runner.round_works(cfg, stages, paths, k, current)
         with progress.stage(f"round {k}: {n_arms} arm(s) and the base as Tune trials (select, train, evaluate)"):
-            records = arms_runner.run_arms(works, run_dir, k)
+            records = arms_runner.run_arms(works, run_dir, k, force=force)
             arms_runner.write_arms_table(run_dir, records)
         failed = [r for r in records if r.get("status") != "ok"]
         ok_names = {r["arm"] for r in records if r.get("status") == "ok"}

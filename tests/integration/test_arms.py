@@ -62,6 +62,10 @@ def test_a_failed_arm_is_recorded_and_the_rest_finish_once(ray_session, train_st
     assert sorted(r["arm"] for r in table) == ["a", "b", "broken"]
     assert json.loads(works[0].record_path.read_text())["status"] == "ok"
 
+    # force: a finished arm runs again
+    (forced,) = run_arms(works[:1], tmp_path / "run", 0, force=True)
+    assert forced["status"] == "ok" and works[0].record_path.read_text() != stamps["a"]
+
 
 def test_a_trial_too_big_for_the_cluster_is_refused_before_any_starts(ray_session, train_student, train_pool, tmp_path) -> None:
     from edray.pipeline.arms import run_arms
