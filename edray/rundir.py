@@ -228,12 +228,12 @@ class StageDir:
         }
         try:
             # The manifest travels inside the folder, so after the rename only _SUCCESS is missing.
-            _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
+            write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str))
             self._install(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _write_atomic(self.path / SUCCESS, "")
+        write_atomic(self.path / SUCCESS, "")
 
     def _install(self, tmp: Path) -> None:
         """Replace the final folder by ``tmp``. The old folder is first renamed aside, then removed."""
@@ -326,10 +326,21 @@ def run_stage(
     return stage.path
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def version_stamp(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """A cheap identity of a file or folder's current contents: resolved path, total size, newest
+    modification time. Process-level caches key on it (fingerprints hash contents instead)."""
+    p = Path(path)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    stats = [f.stat() for f in files]
+    newest = max((st.st_mtime_ns for st in stats), default=p.stat().st_mtime_ns)
+    return str(p.resolve()), sum(st.st_size for st in stats), newest
 
 
 def new_run_dir(root: str | os.PathLike[str] = "runs", name: str | None = None) -> Path:

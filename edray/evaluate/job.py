@@ -38,7 +38,7 @@ from edray.aio import run_sync
 from edray.data.parquet_rows import read_eval_rows
 from edray.evaluate import core
 from edray.evaluate.config import EvaluateConfig, GenerationConfig, ModelSpec
-from edray.rundir import MANIFEST, Stage, StageDir, run_stage
+from edray.rundir import MANIFEST, Stage, StageDir, run_stage, version_stamp
 from edray.schemas import (
     EVAL_PREDICTIONS,
     EVAL_PREDICTIONS_SCHEMA,
@@ -252,8 +252,7 @@ _SUITES: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 def _suite(paths: Sequence[str], limit: int | None, split: str | None) -> list[dict[str, Any]]:
     """:func:`read_suite`, remembered per process and file version: the arms of a grid evaluated one
     after another in one process read each evaluation set once."""
-    stamps = tuple(max([Path(p).stat().st_mtime_ns] + [f.stat().st_mtime_ns for f in Path(p).rglob("*")]) for p in paths)
-    key = (tuple(paths), stamps, limit, split)
+    key = (tuple(version_stamp(p) for p in paths), limit, split)
     if key not in _SUITES:
         if len(_SUITES) > 8:
             _SUITES.clear()

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edray.resources import ClusterShape, Demand, ResourcePlan, check_plan
-from edray.rundir import StageDir
+from edray.rundir import StageDir, write_atomic
 from edray.schemas import SELECTION
 
 log = logging.getLogger(__name__)
@@ -254,11 +254,8 @@ def _accuracies(eval_dir: Path) -> dict[str, Any]:
 
 def write_record(work: ArmWork, record: dict[str, Any]) -> None:
     """The arm's record, atomically (the last word on the arm: ``ok`` or ``error``)."""
-    path = work.record_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**record, "finished_at": time.time()}, default=str))
-    os.replace(tmp, path)
+    work.record_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(work.record_path, json.dumps({**record, "finished_at": time.time()}, default=str))
 
 
 def arm_trial(config: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edray.rundir import version_stamp
 from edray.schemas import QUARANTINE_SCHEMA
 from edray.train.config import TrainConfig
 
@@ -235,14 +236,7 @@ def _lance_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     return lance.dataset(str(path)).to_table(columns=columns)
 
 
-def _file_key(path: str) -> tuple[str, int]:
-    """A cheap identity of a file or folder's current version: path and newest modification time."""
-    p = Path(path)
-    stamps = [p.stat().st_mtime_ns] + ([f.stat().st_mtime_ns for f in p.rglob("*") if f.is_file()] if p.is_dir() else [])
-    return str(p.resolve()), max(stamps)
-
-
-_POOLS: dict[tuple[str, int], pa.Table] = {}
+_POOLS: dict[tuple[str, int, int], pa.Table] = {}
 _CHECKED: dict[tuple[Any, ...], dict[str, str | None]] = {}
 
 
@@ -265,7 +259,7 @@ def _pool_rows(pool: str, ids: list[str]) -> pa.Table:
 
             return lance.dataset(str(path)).to_table(columns=columns, filter=pc.field("id").isin(wanted))
         return pads.dataset(str(path), format="parquet").to_table(columns=columns, filter=pc.field("id").isin(wanted))
-    key = _file_key(pool)
+    key = version_stamp(pool)
     if key not in _POOLS:
         _POOLS.clear()
         _POOLS[key] = _lance_table(path, columns) if is_lance(path) else pq.read_table(pool, columns=columns)
@@ -278,7 +272,7 @@ def _row_errors(table: pa.Table, student: str, max_length: int, trust_remote_cod
     and of the rows' source file, and per row id."""
     from edray.train.core import CollateError, collate_rows
 
-    key = (_file_key(student), max_length, trust_remote_code, _file_key(source))
+    key = (version_stamp(student), max_length, trust_remote_code, version_stamp(source))
     if key not in _CHECKED and len(_CHECKED) > 8:
         _CHECKED.clear()
     known = _CHECKED.setdefault(key, {})

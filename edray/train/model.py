@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from edray.rundir import version_stamp
 from edray.train.config import TrainConfig
 
 # Students up to this many bytes of weights are kept in memory to be copied per arm; a larger one is
@@ -19,20 +20,14 @@ from edray.train.config import TrainConfig
 SHARE_MAX_BYTES = 1 << 30
 
 _lock = threading.Lock()
-_shared: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
-
-
-def _folder_key(student: str) -> str:
-    folder = Path(student)
-    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.glob("*")) if f.is_file()]
-    return f"{folder.resolve()}:{stats}"
+_shared: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
 
 def load_student(student: str, trust_remote_code: bool = False, share: bool = False) -> tuple[Any, Any]:
     """The student model (fp32, CPU) and its processor.
 
     With ``share`` the last loaded student stays in memory and every call returns a deep copy of it
-    (keyed by the folder's files, sizes and modification times, so changed weights are loaded afresh),
+    (keyed by :func:`edray.rundir.version_stamp` of the folder, so changed weights are loaded afresh),
     unless its weights exceed :data:`SHARE_MAX_BYTES`.
     """
     import torch
@@ -47,7 +42,7 @@ def load_student(student: str, trust_remote_code: bool = False, share: bool = Fa
     weights = sum(f.stat().st_size for f in Path(student).glob("*.safetensors"))
     if not share or weights > SHARE_MAX_BYTES:
         return load()
-    key = (str(Path(student).resolve()), _folder_key(student), trust_remote_code)
+    key = (version_stamp(student), trust_remote_code)
     with _lock:
         if key not in _shared:
             _shared.clear()

@@ -32,13 +32,13 @@ STAGE_SCRIPT = textwrap.dedent(
         print("skipped")
         sys.exit(0)
     if mode == "kill-before-success":
-        write = rd._write_atomic
+        write = rd.write_atomic
         def stall(path, text):
             if path.name == rd.SUCCESS:
                 (run_dir / "READY").write_text("1")
                 time.sleep(600)
             write(path, text)
-        rd._write_atomic = stall
+        rd.write_atomic = stall
     with stage.commit(config, fp, inputs=[input_file]) as tmp:
         with open(run_dir / "runs.log", "a") as log:
             log.write(mode + "\\n")
