@@ -426,7 +426,7 @@ def round_works(cfg: Any, stages: Any, paths: Any, round_index: int, student: Pa
         sel, train = stages.select[arm.name], stages.train[arm.name]
         selection = None
         if arm.strategy == "oracle":
-            selection = str(_oracle_selection(paths.arm_dir(cfg.arms, arm), paths.world_dir, arm.name, sel, round_index, student))
+            selection = str(_oracle_selection(paths.arm_dir(cfg.arms, arm), paths.world_dir, arm.name, sel, round_index, student, cfg.task))
         works.append(
             ArmWork(
                 name=arm.name,
@@ -452,14 +452,18 @@ def round_works(cfg: Any, stages: Any, paths: Any, round_index: int, student: Pa
     return works
 
 
-def _oracle_selection(root: Path, world_dir: Path, arm: str, sel: Any, round_index: int, student: Path) -> Path:
-    """The oracle arm's selection, written from the world's ground truth into the arm's select folder."""
+def _oracle_selection(root: Path, world_dir: Path, arm: str, sel: Any, round_index: int, student: Path, task: str) -> Path:
+    """The oracle arm's selection, written from the world's ground truth into the arm's select folder: rows of
+    the student's gap skills that the target task needs (all its gap skills for a task that needs none)."""
     from edray.world.checks import designed_gap_skills
     from edray.world.oracle import write_oracle_selection
+    from edray.world.tasks import TARGET_TASK_BY_NAME
 
     if sel.budget is None:
         raise ValueError(f"arm {arm}: the oracle needs select.budget (an absolute number of rows)")
-    skills, _ = designed_gap_skills(student)
+    gaps, _ = designed_gap_skills(student)
+    needed = set(TARGET_TASK_BY_NAME[task].skills) if task in TARGET_TASK_BY_NAME else set()
+    skills = [s for s in gaps if s in needed] or gaps
     folder = StageDir(Path(root), "select", round_index).path
     return write_oracle_selection(world_dir, folder, budget=sel.budget, seed=sel.seed, gap_skills=skills,
                                   round_index=round_index) / SELECTION

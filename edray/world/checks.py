@@ -360,29 +360,42 @@ def format_checks(results: Sequence[CheckResult]) -> str:
 
 
 def designed_gap_skills(student: Path | None = None, mix: Mapping[str, float] | None = None) -> tuple[list[str], str]:
-    """The student's designed gap skills: the skills its pretraining mix under-weights (weight < 1).
+    """The student's designed gap skills: the skills its pretraining made uninformative (``gaps``) and
+    those its mix under-weights (weight < 1).
 
     Args:
-        student: a pretrained world student folder (its ``manifest.json`` records the pretraining mix).
-        mix: a pretraining mix to use when the student folder records none.
+        student: a pretrained world student folder (its ``manifest.json`` records the pretraining config).
+        mix: a pretraining config (or its ``mix`` alone) to use when the student folder records none.
 
     Returns:
         ``(skills, source)``: sorted skill names and where they were read from.
     """
-    from edray.world.pretrain import DEFAULT_GAP_MIX
+    from edray.world.pretrain import DEFAULT_GAPS
     from edray.world.skills import SKILL_NAMES
 
     found, source = None, ""
     manifest = Path(student) / "manifest.json" if student else None
     if manifest is not None and manifest.is_file():
-        recorded = json.loads(manifest.read_text()).get("config", {}).get("mix")
-        if isinstance(recorded, dict):
-            found, source = recorded, f"{manifest} (pretraining mix)"
+        recorded = json.loads(manifest.read_text()).get("config", {})
+        if isinstance(recorded, dict) and ("gaps" in recorded or "mix" in recorded):
+            found, source = recorded, f"{manifest} (pretraining config)"
     if found is None and mix is not None:
-        found, source = dict(mix), "the run config's pretraining mix"
+        found, source = dict(mix), "the run config's pretraining config"
     if found is None:
-        found, source = dict(DEFAULT_GAP_MIX), "the default pretraining mix (the student records none)"
-    return sorted(s for s, w in found.items() if s in SKILL_NAMES and float(w) < 1.0), source
+        found, source = {"gaps": list(DEFAULT_GAPS)}, "the default pretraining config (the student records none)"
+    if "gaps" in found or "mix" in found:
+        gaps = set(found.get("gaps") or ())
+        weights = found.get("mix") or {}
+    else:  # a bare mix
+        gaps, weights = set(), found
+    gaps |= {s for s, w in weights.items() if s in SKILL_NAMES and float(w) < 1.0}
+    return sorted(s for s in gaps if s in SKILL_NAMES), source
+
+
+def _pretrain_gaps(pretrain: Mapping[str, Any]) -> dict[str, Any]:
+    from edray.world.pretrain import DEFAULT_GAPS
+
+    return {"gaps": list(pretrain.get("gaps", DEFAULT_GAPS)), "mix": dict(pretrain.get("mix") or {})}
 
 
 def _need(path: Path) -> Path:
@@ -430,7 +443,7 @@ def run_dir_inputs(run_dir: Path, round_index: int = 0) -> dict[str, Any]:
         selections[sel.parents[2].name] = sel.parent
     base = eval_cfg.get("base") or {}
     gap_skills, gap_source = designed_gap_skills(
-        Path(base["path"]) if base.get("path") else None, (run_cfg.get("pretrain") or {}).get("mix") if not run_cfg.get("student") else None
+        Path(base["path"]) if base.get("path") else None, _pretrain_gaps(run_cfg.get("pretrain") or {}) if not run_cfg.get("student") else None
     )
     return {
         "diagnose_dir": diagnose_dir,

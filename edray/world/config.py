@@ -12,6 +12,11 @@ from pydantic import Field, model_validator
 from edray.config import EdrayModel
 
 
+DEFAULT_POOL_MIX = {"vertical_position": 0.15, "attribute_binding": 0.15, "count_comparison": 0.15}
+"""The pool's default weights: the default student's gap skills (edray.world.pretrain.DEFAULT_GAPS) at about
+2.4 % of the rows each."""
+
+
 class SceneConfig(EdrayModel):
     """How scenes are drawn. Defaults are what the tiny student can learn on CPU: a 2x2 grid of 16 px
     cells on a 32 px image, so each large object (14 px) covers whole 8 px patches."""
@@ -42,10 +47,12 @@ class PoolConfig(EdrayModel):
     pool_size: int = Field(20_000, ge=1, le=100_000_000, description="Rows to generate.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Pool seed; row i depends only on (seed, i, mix, scene).")
     mix: dict[str, float] = Field(
-        default_factory=dict,
+        default_factory=lambda: dict(DEFAULT_POOL_MIX),
         description=(
             "Relative weights by skill or source-task name (default 1 each). A task's weight is its own "
-            "weight times the weights of its skills; e.g. {attribute_binding: 0.02} under-represents binding."
+            "weight times the weights of its skills. The default makes the student's designed gaps scarce "
+            "(about 2.4 % of the rows each), so the budget matters: random draws few gap rows and the full "
+            "pool dilutes them. {} gives every source task weight 1."
         ),
     )
     formats: list[str] = Field(default_factory=lambda: ["parquet"], description="Output formats: parquet and/or lance.")

@@ -122,6 +122,7 @@ def generate_support_rows(
     count: int,
     mix: Mapping[str, float] | None = None,
     scene_config: SceneConfig | None = None,
+    blind_skills: Sequence[str] = (),
 ) -> pa.Table:
     """Rows ``start .. start+count-1`` of the supporting pool.
 
@@ -136,6 +137,8 @@ def generate_support_rows(
         count: number of rows.
         mix: weights by skill or source-task name (see :func:`task_weights`).
         scene_config: scene settings (default :class:`SceneConfig`).
+        blind_skills: skills whose steps carry no information (the generic student's pretraining rows,
+            :func:`edray.world.questions.blind`); empty for the supporting pool.
 
     Returns:
         A table in ``SUPPORT_SCHEMA``.
@@ -148,11 +151,14 @@ def generate_support_rows(
     cfg = scene_config or SceneConfig()
     cum = _cumulative(task_weights(mix))
     tag = _mix_tag(mix)
+    blind = tuple(sorted(set(blind_skills)))
+    if blind:
+        tag = (tag + "-" if tag else "") + "blind-" + hashlib.sha256(",".join(blind).encode()).hexdigest()[:6]
     cols: dict[str, list[Any]] = {k: [] for k in SUPPORT_SCHEMA.names}
     for i in range(start, start + count):
         rng = random.Random(f"pool:{seed}:{tag}:{i}")
         task = SOURCE_TASKS[min(bisect.bisect_right(cum, rng.random() * cum[-1]), len(SOURCE_TASKS) - 1)]
-        sample = make_support_sample(rng, task, cfg)
+        sample = make_support_sample(rng, task, cfg, blind)
         cols["id"].append(f"world-{seed}{'-' + tag if tag else ''}-{i}")
         cols["source_task"].append(task.name)
         cols["images"].append([render_scene(sample.question.scene, cfg)])

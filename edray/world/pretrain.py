@@ -3,9 +3,10 @@
 The method starts from a *generic* student that is good at most things and weak at a few (docs/method.md
 §1: the student fails the target task because it lacks some skills). In the skills world that student
 is made on purpose: the tiny LLaVA of :mod:`edray.world.student` is trained from random weights on a
-"generic mix" of the world's supporting pool in which chosen skills are under-represented (by default
-attribute binding and vertical position at about 0.17 % of the rows each), so it learns the rest and
-keeps known gaps for diagnose and select to find.
+"generic mix" of the world's source tasks in which chosen skills (by default vertical position, attribute
+binding and count comparison) appear at normal frequency and in fluent form but carry no information:
+their steps' values are random and the answers follow the steps. It learns the rest, writes the gap
+steps fluently at chance, and so keeps known, format-preserving gaps for diagnose and select to find.
 
 Inputs: a :class:`PretrainConfig`. Outputs: a Hugging Face LLaVA folder (loads in transformers and
 vLLM) holding, besides the model and processor, ``pretrain_log.json`` (loss curve, per-skill accuracy
@@ -43,8 +44,9 @@ from edray.world.student import StudentConfig, build_student, export_for_vllm, w
 
 PRETRAIN_LOG = "pretrain_log.json"
 # Bumped whenever the recipe's code changes what a config produces, so cached students are not reused.
-RECIPE_VERSION = "world-pretrain-3"
-DEFAULT_GAP_MIX = {"attribute_binding": 0.02, "vertical_position": 0.02}
+RECIPE_VERSION = "world-pretrain-4"
+DEFAULT_GAPS = ("vertical_position", "attribute_binding", "count_comparison")
+"""The student's designed gaps: two perception skills and one reasoning skill."""
 
 
 class PretrainConfig(EdrayModel):
@@ -53,12 +55,17 @@ class PretrainConfig(EdrayModel):
     student: StudentConfig = Field(default_factory=StudentConfig, description="Architecture of the student.")
     scene: SceneConfig = Field(default_factory=SceneConfig, description="Scenes of the training rows (the world's scene settings).")
     pool_seed: int = Field(7, ge=0, le=2**31 - 1, description="Seed of the generated training rows (a generic pool of its own).")
-    mix: dict[str, float] = Field(
-        default_factory=lambda: dict(DEFAULT_GAP_MIX),
+    gaps: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_GAPS),
         description=(
-            "Relative weights by skill or source-task name (default 1 each): the skills given a small weight "
-            "are the student's designed gaps (0.02 is about 0.17 % of the rows)."
+            "The student's designed gaps: skills it sees at normal frequency and in fluent form, but whose steps "
+            "carry no information (their value is random and the answer follows the step). The student then "
+            "writes well-formed gap steps at chance and answers from its own steps."
         ),
+    )
+    mix: dict[str, float] = Field(
+        default_factory=dict,
+        description="Relative weights by skill or source-task name (default 1 each); a weight below 1 also makes a gap, by scarcity.",
     )
     vision_steps: int = Field(
         200,
@@ -96,6 +103,11 @@ class PretrainConfig(EdrayModel):
 
     @model_validator(mode="after")
     def _check(self) -> "PretrainConfig":
+        from edray.world.skills import SKILL_NAMES
+
+        unknown = sorted(set(self.gaps) - set(SKILL_NAMES))
+        if unknown:
+            raise ValueError(f"gaps: unknown skills {unknown}; skills: {', '.join(SKILL_NAMES)}")
         if self.num_rows < self.batch_size * self.num_workers:
             raise ValueError(f"num_rows {self.num_rows} is fewer than one step needs ({self.batch_size} x {self.num_workers} workers)")
         if self.scene.image_size != self.student.image_size:
@@ -263,7 +275,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     t0 = time.perf_counter()
     per_worker = cfg.num_rows // world
-    table = generate_support_rows(cfg.pool_seed, rank * per_worker, per_worker, cfg.mix, cfg.scene)
+    table = generate_support_rows(cfg.pool_seed, rank * per_worker, per_worker, cfg.mix, cfg.scene, cfg.gaps)
     rows = table.to_pylist()
     examples = _encode_rows(processor, rows, cfg.student.max_length)
     prep_s = time.perf_counter() - t0
@@ -336,9 +348,25 @@ def train_func(loop_config: dict[str, Any]) -> None:
         ray.train.report({"loss": curve[-1]["loss"]}, checkpoint=ckpt)
 
 
+# The modules whose code decides what a pretraining config produces: the rows (scenes, questions, wordings,
+# steps), the student's architecture and tokenizer, and the recipe itself.
+_RECIPE_MODULES = ("scene", "skills", "questions", "tasks", "pool", "student", "pretrain")
+
+
+def _recipe_code_digest() -> str:
+    import hashlib
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in _RECIPE_MODULES:
+        h.update((here / f"{name}.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
 def recipe_fingerprint(cfg: PretrainConfig) -> str:
-    """The cache key of a pretrained student: its config and the recipe version."""
-    return fingerprint(cfg, extra={"recipe": RECIPE_VERSION})
+    """The cache key of a pretrained student: its config, the recipe version and the code of the world
+    modules that generate its rows and build it, so a student cached by other code is never reused."""
+    return fingerprint(cfg, extra={"recipe": RECIPE_VERSION, "code": _recipe_code_digest()})
 
 
 def pretrain_student(cfg: PretrainConfig, out_dir: str | os.PathLike[str], force: bool = False) -> Path:

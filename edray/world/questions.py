@@ -8,14 +8,17 @@ word them. Everything here is pure: randomness comes from the caller's ``random.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 
 from edray.world.config import SceneConfig
 from edray.world.scene import COLORS, SHAPE_PLURALS, SHAPES, SIZES, Scene, SceneObject, column_names, row_names, sample_scene
 from edray.world.skills import StepClaim, describe, make_subject, matching
 
 MAX_TRIES = 200
+_EXISTENCE = ("shape_existence", "color_existence", "attribute_binding")
+COMPARISONS = ("more", "fewer", "same")
+NOWHERE = "nowhere"
 
 
 @dataclass
@@ -40,13 +43,29 @@ class Question:
     options: list[str] = field(default_factory=list)
 
 
+def _last_value(steps: list[StepClaim]) -> str:
+    last = steps[-1]
+    if last.skill in _EXISTENCE:
+        return _yes_no(not last.negated)
+    return last.value
+
+
 @dataclass(frozen=True)
 class QuestionKind:
-    """A family of questions: the skills it needs and a generator."""
+    """A family of questions: the skills it needs, a generator, and how its answer follows its steps.
+
+    Attributes:
+        name: kind id.
+        skills: the skills its questions need.
+        generate: draws a scene and solves a question about it.
+        answer_of: the answer the steps imply (the gold answer for gold steps); a student that writes a
+            wrong step and then reasons from it gives this answer.
+    """
 
     name: str
     skills: tuple[str, ...]
     generate: Callable[[random.Random, SceneConfig], Question]
+    answer_of: Callable[[list[StepClaim]], str] = _last_value
 
 
 class ResampleError(RuntimeError):
@@ -307,15 +326,30 @@ def _spot_item(rng: random.Random, cfg: SceneConfig) -> Question | None:
 @_retry
 def _locate_item(rng: random.Random, cfg: SceneConfig) -> Question | None:
     scene = sample_scene(rng, cfg, n_objects=rng.randint(max(2, cfg.min_objects), cfg.max_objects))
-    objs = [o for o in scene.objects if len(matching(scene, make_subject(color=o.color, shape=o.shape))) == 1]
-    if not objs:
+    want = rng.random() < 0.6
+    color, shape = _binding_pair(rng, scene, want)
+    subj = make_subject(color=color, shape=shape)
+    objs = matching(scene, subj)
+    if len(objs) > 1:
         return None
-    obj = rng.choice(objs)
-    subj = make_subject(color=obj.color, shape=obj.shape)
-    col = scene.column_of(obj)
-    steps = [StepClaim("attribute_binding", subj, "", False), StepClaim("horizontal_position", subj, col)]
-    return Question(scene, {"color": obj.color, "shape": obj.shape}, steps, col, "open",
-                    list(dict.fromkeys(column_names(cfg.grid))))
+    cols = list(dict.fromkeys(column_names(cfg.grid)))
+    steps = [StepClaim("attribute_binding", subj, "", not objs)]
+    if objs:
+        steps.append(StepClaim("horizontal_position", subj, scene.column_of(objs[0])))
+    answer = steps[-1].value if objs else NOWHERE
+    return Question(scene, {"color": color, "shape": shape}, steps, answer, "open", cols + [NOWHERE])
+
+
+def _locate_answer(steps: list[StepClaim]) -> str:
+    return NOWHERE if steps[0].negated or len(steps) < 2 else steps[1].value
+
+
+def _spot_answer(steps: list[StepClaim]) -> str:
+    return "no" if steps[0].negated else _yes_no(not steps[-1].negated)
+
+
+def _corners(cfg: SceneConfig) -> list[str]:
+    return [f"{r} {c}" for r in dict.fromkeys(row_names(cfg.grid)) for c in dict.fromkeys(column_names(cfg.grid))]
 
 
 def _corner(rng: random.Random, cfg: SceneConfig) -> Question:
@@ -324,9 +358,35 @@ def _corner(rng: random.Random, cfg: SceneConfig) -> Question:
     subj = make_subject(color=obj.color, shape=obj.shape)
     row, col = scene.row_of(obj), scene.column_of(obj)
     steps = [StepClaim("vertical_position", subj, row), StepClaim("horizontal_position", subj, col)]
-    corners = [f"{r} {c}" for r in dict.fromkeys(row_names(cfg.grid)) for c in dict.fromkeys(column_names(cfg.grid))]
-    return Question(scene, {"color": obj.color, "shape": obj.shape}, steps, f"{row} {col}", "open",
-                    _options(rng, f"{row} {col}", corners))
+    return Question(scene, {"color": obj.color, "shape": obj.shape}, steps, f"{row} {col}", "open", _corners(cfg))
+
+
+@_retry
+def _colour_corner(rng: random.Random, cfg: SceneConfig) -> Question | None:
+    scene = sample_scene(rng, cfg)
+    objs = [o for o in scene.objects if len(matching(scene, make_subject(color=o.color))) == 1]
+    if not objs:
+        return None
+    obj = rng.choice(objs)
+    subj = make_subject(color=obj.color)
+    row, col = scene.row_of(obj), scene.column_of(obj)
+    steps = [StepClaim("horizontal_position", subj, col), StepClaim("vertical_position", subj, row)]
+    return Question(scene, {"color": obj.color}, steps, f"{row} {col}", "open", _corners(cfg))
+
+
+def _corner_answer(steps: list[StepClaim]) -> str:
+    by_skill = {c.skill: c.value for c in steps}
+    return f"{by_skill.get('vertical_position', '')} {by_skill.get('horizontal_position', '')}".strip()
+
+
+def _relation(rng: random.Random, cfg: SceneConfig) -> Question:
+    q = _compare(rng, cfg, "color")
+    rel = q.steps[-1].value
+    return Question(q.scene, q.slots, q.steps, rel, "open", list(COMPARISONS))
+
+
+def _compare_answer(steps: list[StepClaim]) -> str:
+    return _yes_no(steps[-1].value == "more")
 
 
 @_retry
@@ -356,13 +416,68 @@ KINDS: dict[str, QuestionKind] = {
         QuestionKind("exist_shape", ("shape_existence",), _exist_shape),
         QuestionKind("exist_color", ("color_existence",), _exist_color),
         QuestionKind("binding", ("attribute_binding",), _binding),
-        QuestionKind("compare_color", ("counting_by_color", "count_comparison"), _compare_color),
-        QuestionKind("compare_shape", ("counting_by_shape", "count_comparison"), _compare_shape),
+        QuestionKind("compare_color", ("counting_by_color", "count_comparison"), _compare_color, _compare_answer),
+        QuestionKind("compare_shape", ("counting_by_shape", "count_comparison"), _compare_shape, _compare_answer),
+        QuestionKind("relation", ("counting_by_color", "count_comparison"), _relation),
         QuestionKind("color_in_column", ("horizontal_position", "color_recognition"), _color_in_column),
         QuestionKind("shape_of_large", ("size_recognition", "shape_recognition"), _shape_of_large),
-        QuestionKind("spot_item", ("shape_existence", "attribute_binding"), _spot_item),
-        QuestionKind("locate_item", ("attribute_binding", "horizontal_position"), _locate_item),
-        QuestionKind("corner", ("vertical_position", "horizontal_position"), _corner),
+        QuestionKind("spot_item", ("shape_existence", "attribute_binding"), _spot_item, _spot_answer),
+        QuestionKind("locate_item", ("attribute_binding", "horizontal_position"), _locate_item, _locate_answer),
+        QuestionKind("corner", ("vertical_position", "horizontal_position"), _corner, _corner_answer),
+        QuestionKind("colour_corner", ("horizontal_position", "vertical_position"), _colour_corner, _corner_answer),
         QuestionKind("same_color_count", ("color_recognition", "counting_by_color"), _same_color_count),
     )
 }
+
+
+# --- skills without information ---------------------------------------------------------------------
+
+
+def _random_claim(rng: random.Random, claim: StepClaim, cfg: SceneConfig) -> StepClaim:
+    """The claim with its value drawn at random among the values its template takes."""
+    if claim.skill in _EXISTENCE:
+        return replace(claim, negated=rng.random() < 0.5)
+    if claim.skill == "vertical_position":
+        return replace(claim, value=rng.choice(list(dict.fromkeys(row_names(cfg.grid)))))
+    if claim.skill == "horizontal_position":
+        return replace(claim, value=rng.choice(list(dict.fromkeys(column_names(cfg.grid)))))
+    if claim.skill == "count_comparison":
+        return replace(claim, value=rng.choice(COMPARISONS))
+    pools = {"color_recognition": list(COLORS), "shape_recognition": list(SHAPES), "size_recognition": list(SIZES)}
+    if claim.skill in pools:
+        return replace(claim, value=rng.choice(pools[claim.skill]))
+    return replace(claim, value=str(rng.randint(0, cfg.max_objects)))
+
+
+def blind(q: Question, kind: str, skills: Collection[str], rng: random.Random, cfg: SceneConfig) -> Question:
+    """The question as a student without ``skills`` would be taught it: every step of those skills has
+    a random value (fluent, but carrying no information about the image), and the answer follows the
+    steps as written.
+
+    This is how the world's generic student gets *format-preserving gaps*: it writes well-formed gap
+    steps at chance and answers from its own steps, as real models do.
+
+    Args:
+        q: a solved question.
+        kind: its kind name.
+        skills: the skills to blind.
+        rng: the row's random stream.
+        cfg: scene settings (the values a position can take).
+
+    Returns:
+        ``q`` itself when none of its steps uses a blinded skill, else a copy with new steps and answer.
+    """
+    if not any(c.skill in skills for c in q.steps):
+        return q
+    steps = [_random_claim(rng, c, cfg) if c.skill in skills else c for c in q.steps]
+    if kind == "locate_item":
+        # The steps after the binding step exist only when the item was found.
+        if steps[0].negated:
+            steps = steps[:1]
+        elif len(steps) == 1:
+            col = rng.choice(list(dict.fromkeys(column_names(cfg.grid))))
+            steps.append(StepClaim("horizontal_position", steps[0].subject, col))
+    if kind == "spot_item" and steps[0].negated:
+        steps = steps[:1]
+    answer = KINDS[kind].answer_of(steps)
+    return Question(q.scene, q.slots, steps, answer, q.answer_type, q.options)

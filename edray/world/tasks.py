@@ -11,14 +11,18 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from edray.world.config import SceneConfig
-from edray.world.questions import KINDS, Question
+from edray.world.questions import KINDS, Question, blind
 from edray.world.scene import COLORS, SHAPE_PLURALS, SHAPES, column_names
 from edray.world.skills import fix_articles, format_steps, render_step
 
+
+STEP_TRIGGER = "Work it out in steps."
+"""The one instruction that asks for numbered steps, shared by every task answered with steps (source and
+target), so the student already speaks the target's format."""
 
 # --- source tasks ---------------------------------------------------------------------------------
 
@@ -48,97 +52,121 @@ _SOURCE_WORDINGS: dict[str, list[tuple[str, str]]] = {
     "color_name": [
         ("What color is the {target}?", "brief"),
         ("Name the colour of the {target}. Use one word.", "brief"),
-        ("Which colour does the {target} have? Reason step by step.", "steps"),
-        ("Tell me the hue of the {target}, showing your steps.", "steps"),
+        ("Which colour does the {target} have? {TRIGGER}", "steps"),
+        ("Tell me the hue of the {target}. {TRIGGER}", "steps"),
         ("Identify the color of the {target} in the picture.", "brief"),
     ],
     "shape_name": [
         ("What shape is the {target}?", "brief"),
         ("Name the shape of the {target}. Use one word.", "brief"),
-        ("Which figure is the {target}? Reason step by step.", "steps"),
-        ("Tell me what form the {target} has, showing your steps.", "steps"),
+        ("Which figure is the {target}? {TRIGGER}", "steps"),
+        ("Tell me what form the {target} has. {TRIGGER}", "steps"),
         ("Identify the geometric shape of the {target}.", "brief"),
     ],
     "size_name": [
         ("Is the {target} small or large?", "brief"),
         ("Tell me the size of the {target}: small or large.", "brief"),
-        ("How big is the {target}? Reason step by step.", "steps"),
-        ("Judge whether the {target} is large or small, showing your steps.", "steps"),
+        ("How big is the {target}? {TRIGGER}", "steps"),
+        ("Judge whether the {target} is large or small. {TRIGGER}", "steps"),
         ("What size is the {target}?", "brief"),
     ],
     "count_all": [
         ("How many objects are in the image?", "brief"),
         ("Count the objects in the picture.", "brief"),
-        ("How many shapes can you see? Reason step by step.", "steps"),
-        ("Give the number of items in the image, showing your steps.", "steps"),
+        ("How many shapes can you see? {TRIGGER}", "steps"),
+        ("Give the number of items in the image. {TRIGGER}", "steps"),
         ("What is the total number of objects shown?", "brief"),
     ],
     "count_color": [
         ("How many {color} objects are there?", "brief"),
         ("Count the {color} objects in the picture.", "brief"),
-        ("How many objects are {color}? Reason step by step.", "steps"),
-        ("Give the number of {color} items, showing your steps.", "steps"),
+        ("How many objects are {color}? {TRIGGER}", "steps"),
+        ("Give the number of {color} items. {TRIGGER}", "steps"),
         ("What is the number of {color} shapes in the image?", "brief"),
     ],
     "count_shape": [
         ("How many {shapes} are there?", "brief"),
         ("Count the {shapes} in the picture.", "brief"),
-        ("How many {shapes} can you see? Reason step by step.", "steps"),
-        ("Give the number of {shapes}, showing your steps.", "steps"),
+        ("How many {shapes} can you see? {TRIGGER}", "steps"),
+        ("Give the number of {shapes}. {TRIGGER}", "steps"),
         ("What is the number of {shapes} in the image?", "brief"),
     ],
     "position_h": [
         ("Is the {target} on the left or on the right?", "brief"),
         ("In which column is the {target}: left or right?", "brief"),
-        ("Which side of the image is the {target} on? Reason step by step.", "steps"),
-        ("Say whether the {target} is left or right, showing your steps.", "steps"),
+        ("Which side of the image is the {target} on? {TRIGGER}", "steps"),
+        ("Say whether the {target} is left or right. {TRIGGER}", "steps"),
         ("Where is the {target} horizontally?", "brief"),
     ],
     "position_v": [
         ("Is the {target} at the top or at the bottom?", "brief"),
         ("In which row is the {target}: top or bottom?", "brief"),
-        ("Which half of the image holds the {target}, top or bottom? Reason step by step.", "steps"),
-        ("Say whether the {target} is up or down, showing your steps.", "steps"),
+        ("Which half of the image holds the {target}, top or bottom? {TRIGGER}", "steps"),
+        ("Say whether the {target} is up or down. {TRIGGER}", "steps"),
         ("Where is the {target} vertically?", "brief"),
     ],
     "exist_shape": [
         ("Is there a {shape} in the image?", "brief"),
         ("Does the picture contain a {shape}? Answer yes or no.", "brief"),
-        ("Can a {shape} be seen here? Reason step by step.", "steps"),
-        ("Check whether any {shape} is present, showing your steps.", "steps"),
+        ("Can a {shape} be seen here? {TRIGGER}", "steps"),
+        ("Check whether any {shape} is present. {TRIGGER}", "steps"),
         ("Is any {shape} shown?", "brief"),
     ],
     "exist_color": [
         ("Is there a {color} object in the image?", "brief"),
         ("Does the picture contain anything {color}? Answer yes or no.", "brief"),
-        ("Can a {color} item be seen here? Reason step by step.", "steps"),
-        ("Check whether any {color} object is present, showing your steps.", "steps"),
+        ("Can a {color} item be seen here? {TRIGGER}", "steps"),
+        ("Check whether any {color} object is present. {TRIGGER}", "steps"),
         ("Is any {color} shape shown?", "brief"),
     ],
     "binding": [
         ("Is there a {color} {shape}?", "brief"),
         ("Does the picture contain a {color} {shape}? Answer yes or no.", "brief"),
-        ("Can a {color} {shape} be seen here? Reason step by step.", "steps"),
-        ("Check whether a {shape} that is {color} is present, showing your steps.", "steps"),
+        ("Can a {color} {shape} be seen here? {TRIGGER}", "steps"),
+        ("Check whether a {shape} that is {color} is present. {TRIGGER}", "steps"),
         ("Is any {shape} in the image {color}?", "brief"),
     ],
     "compare_color": [
         ("Are there more {group_a} than {group_b}?", "brief"),
-        ("Compare the counts: are {group_a} more numerous than {group_b}? Reason step by step.", "steps"),
-        ("Do {color_a} items outnumber {color_b} items? Show your steps.", "steps"),
+        ("Compare the counts: are {group_a} more numerous than {group_b}? {TRIGGER}", "steps"),
+        ("Do {color_a} items outnumber {color_b} items? {TRIGGER}", "steps"),
     ],
     "compare_shape": [
         ("Are there more {shapes_a} than {shapes_b} in the image?", "brief"),
-        ("Compare the numbers: are {shapes_a} more frequent than {shapes_b}? Reason step by step.", "steps"),
-        ("Is the number of {shapes_a} greater than the number of {shapes_b}? Show your steps.", "steps"),
+        ("Compare the numbers: are {shapes_a} more frequent than {shapes_b}? {TRIGGER}", "steps"),
+        ("Is the number of {shapes_a} greater than the number of {shapes_b}? {TRIGGER}", "steps"),
     ],
     "color_in_column": [
         ("What color is the object in the {column} column?", "brief"),
-        ("Name the colour of the shape on the {column} side. Reason step by step.", "steps"),
+        ("Name the colour of the shape on the {column} side. {TRIGGER}", "steps"),
     ],
     "shape_of_large": [
         ("What shape is the large object?", "brief"),
-        ("Name the figure of the biggest item. Reason step by step.", "steps"),
+        ("Name the figure of the biggest item. {TRIGGER}", "steps"),
+    ],
+    "relation": [
+        ("Are there more, fewer or as many {color_a} objects as {color_b} objects?", "brief"),
+        ("Compare the {color_a} objects with the {color_b} objects: more, fewer or the same? {TRIGGER}", "steps"),
+    ],
+    "spot_item": [
+        ("Is there a {shape}, and is one of them {color}?", "brief"),
+        ("First find a {shape}, then check whether one is {color}. {TRIGGER}", "steps"),
+    ],
+    "locate_item": [
+        ("Where is the {color} {shape}: left, right or nowhere?", "brief"),
+        ("Which side is the {color} {shape} on, if it is there at all? {TRIGGER}", "steps"),
+    ],
+    "corner": [
+        ("Which corner holds the {color} {shape}?", "brief"),
+        ("Which corner holds the {color} {shape}? {TRIGGER}", "steps"),
+    ],
+    "colour_corner": [
+        ("Which corner is the {color} object in?", "brief"),
+        ("Which corner is the {color} object in? {TRIGGER}", "steps"),
+    ],
+    "same_color_count": [
+        ("Count the objects with the same colour as the {shape}.", "brief"),
+        ("Count the objects with the same colour as the {shape}. {TRIGGER}", "steps"),
     ],
 }
 
@@ -147,7 +175,7 @@ def _build_source_tasks() -> tuple[SourceTask, ...]:
     out: list[SourceTask] = []
     for kind, wordings in _SOURCE_WORDINGS.items():
         for i, (template, style) in enumerate(wordings):
-            out.append(SourceTask(f"{kind}_{i + 1}", kind, template, style))
+            out.append(SourceTask(f"{kind}_{i + 1}", kind, template.replace("{TRIGGER}", STEP_TRIGGER), style))
     return tuple(out)
 
 
@@ -183,24 +211,27 @@ class TargetTask:
 
 
 TARGET_TASKS: tuple[TargetTask, ...] = (
-    TargetTask("spot_item", "spot_item",
-               "Look closely: can you spot a {color} {shape} anywhere here? Work it out in steps.",
-               ("yes_no",), "is a given colour-shape pair present (shape existence, then binding)"),
-    TargetTask("locate_item", "locate_item",
-               "Find the {color} {shape}. On which side of the picture does it sit? Work it out in steps.",
-               ("multiple_choice", "open"), "binding, then horizontal position of the found object"),
     TargetTask("corner", "corner",
                "In which corner of the picture does the {color} {shape} sit? Work it out in steps.",
-               ("multiple_choice", "open"), "vertical and horizontal position of a single object"),
-    TargetTask("outnumber", "compare_color",
-               "Do {color_a} things outnumber {color_b} things in this picture? Work it out in steps.",
-               ("yes_no",), "count two colours, then compare the counts"),
+               ("open",), "vertical position (a gap, step 1), then horizontal position of one object"),
+    TargetTask("colour_corner", "colour_corner",
+               "Tell me the corner where the {color} thing is. Work it out in steps.",
+               ("open",), "horizontal position, then vertical position (a gap, step 2) of the one object of a colour"),
+    TargetTask("locate_item", "locate_item",
+               "Find the {color} {shape}. On which side of the picture does it sit, if anywhere? Work it out in steps.",
+               ("open",), "attribute binding (a gap, step 1), then horizontal position of the found object"),
+    TargetTask("spot_item", "spot_item",
+               "Look closely: can you spot a {color} {shape} anywhere here? Work it out in steps.",
+               ("yes_no",), "shape existence, then attribute binding (a gap, step 2)"),
+    TargetTask("outnumber", "relation",
+               "Compared with the {color_b} things, are there more, fewer or the same number of {color_a} things? Work it out in steps.",
+               ("open",), "count two colours, then compare the counts (a gap, step 3)"),
     TargetTask("same_colour_count", "same_color_count",
                "How many things share the colour of the {shape}? Work it out in steps.",
-               ("number", "multiple_choice"), "colour of a shape, then count that colour"),
+               ("number",), "control without a gap: colour of a shape, then count that colour"),
     TargetTask("big_one_shape", "shape_of_large",
                "Which kind of figure is the big one? Work it out in steps.",
-               ("open", "multiple_choice"), "find the one large object, then name its shape"),
+               ("open",), "control without a gap: find the one large object, then name its shape"),
 )
 TARGET_TASK_BY_NAME: dict[str, TargetTask] = {t.name: t for t in TARGET_TASKS}
 GENERAL_SUITE = "general"
@@ -259,18 +290,25 @@ class Sample:
         }
 
 
-def make_support_sample(rng: random.Random, task: SourceTask, cfg: SceneConfig) -> Sample:
+def make_support_sample(
+    rng: random.Random, task: SourceTask, cfg: SceneConfig, blind_skills: Collection[str] = ()
+) -> Sample:
     """Generate one supporting-pool sample of a source task.
 
     Args:
         rng: the row's random stream.
         task: the source task.
         cfg: scene settings.
+        blind_skills: skills whose steps (and the answers that follow from them) carry no information
+            (:func:`edray.world.questions.blind`): how the generic student's pretraining rows teach
+            format-preserving gaps. Empty for the supporting pool, whose rows are all correct.
 
     Returns:
         The sample (not yet rendered).
     """
     q = KINDS[task.kind].generate(rng, cfg)
+    if blind_skills:
+        q = blind(q, task.kind, blind_skills, rng, cfg)
     prompt = fix_articles(task.template.format(**q.slots))
     steps = [render_step(c) for c in q.steps]
     response = format_steps(steps, q.answer) if task.style == "steps" else q.answer
@@ -298,14 +336,13 @@ def make_eval_sample(rng: random.Random, task_name: str, cfg: SceneConfig, form:
     if form not in ("auto", "multiple_choice", "open"):
         raise ValueError(f"form must be auto, multiple_choice or open, got {form!r}")
     if task_name == GENERAL_SUITE:
-        # Uniform over skills, then over the single-skill source tasks of that skill, so every skill
-        # gets a comparable number of retention questions.
-        single = [t for t in SOURCE_TASKS if len(t.skills) == 1]
-        skills = sorted({t.skills[0] for t in single})
-        skill = rng.choice(skills)
-        source = rng.choice([t for t in single if t.skills[0] == skill])
+        # Uniform over skills, then over the source tasks answered in steps that test that skill, so every
+        # skill gets a comparable number of retention questions. A row counts for the one skill it was
+        # drawn for (the comparison rows' counting steps are support, not what they test).
+        skill = rng.choice(general_skills())
+        source = rng.choice(_general_sources(skill))
         q = KINDS[source.kind].generate(rng, cfg)
-        template, forms, skills_needed, name = source.template, ("open",), source.skills, source.name
+        template, forms, skills_needed, name = source.template, ("open",), (skill,), source.name
     else:
         target = TARGET_TASK_BY_NAME[task_name]
         q = KINDS[target.kind].generate(rng, cfg)
@@ -324,6 +361,20 @@ def make_eval_sample(rng: random.Random, task_name: str, cfg: SceneConfig, form:
         choices = ["yes", "no"] if q.answer_type == "yes_no" else None
     response = format_steps(steps, answer)
     return Sample(name, q, prompt, response, answer, answer_type, choices, "steps", skills_needed)
+
+
+def _general_sources(skill: str) -> list[SourceTask]:
+    steps = [t for t in SOURCE_TASKS if t.style == "steps"]
+    single = [t for t in steps if t.skills == (skill,)]
+    return single or [t for t in steps if t.kind in ("compare_color", "compare_shape") and skill in t.skills]
+
+
+def general_skills() -> list[str]:
+    """The skills the general suite tests, each with its own questions: every skill of a single-skill
+    source task, and count comparison (asked through the comparison tasks)."""
+    from edray.world.skills import SKILL_NAMES
+
+    return [s for s in SKILL_NAMES if _general_sources(s)]
 
 
 def template_texts() -> Iterator[str]:

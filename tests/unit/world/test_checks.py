@@ -21,7 +21,7 @@ from tests.fixtures.checks import BUDGET, GAPS, MISSES, ORACLE_ACC, RANDOM_ACC
 @pytest.fixture(scope="module")
 def results(check_run, tmp_path_factory):
     inputs = checks.run_dir_inputs(check_run.run_dir)
-    assert inputs.pop("gap_source") == "the run config's pretraining mix"
+    assert inputs.pop("gap_source") == "the run config's pretraining config"
     out = tmp_path_factory.mktemp("checks")
     return out, inputs, checks.run_checks(out, **inputs, oracle_model="oracle", random_model="random")
 
@@ -150,6 +150,8 @@ def test_missing_stage_output_is_named(check_run, tmp_path: Path) -> None:
 
 def test_gap_skills_come_from_the_student_manifest(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {"mix": {"count_comparison": 0.01, "spot": 2.0}}}))
-    assert checks.designed_gap_skills(tmp_path) == (["count_comparison"], f"{tmp_path / 'manifest.json'} (pretraining mix)")
+    assert checks.designed_gap_skills(tmp_path) == (["count_comparison"], f"{tmp_path / 'manifest.json'} (pretraining config)")
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"gaps": ["vertical_position"], "mix": {}}}))
+    assert checks.designed_gap_skills(tmp_path)[0] == ["vertical_position"]
     skills, source = checks.designed_gap_skills(tmp_path / "none")
-    assert skills == ["attribute_binding", "vertical_position"] and "default" in source
+    assert skills == ["attribute_binding", "count_comparison", "vertical_position"] and "default" in source

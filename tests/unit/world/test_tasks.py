@@ -11,6 +11,7 @@ from edray.world.questions import KINDS
 from edray.world.tasks import (
     GENERAL_SUITE,
     SOURCE_TASKS,
+    STEP_TRIGGER,
     TARGET_TASKS,
     identify_task,
     make_eval_sample,
@@ -70,7 +71,46 @@ def test_eval_samples_reason_in_steps_and_multiple_choice_answers_are_letters() 
             if s.answer_type == "multiple_choice":
                 assert s.choices[ord(s.answer) - 65] == s.question.answer
                 assert "Options: A." in s.prompt
-    assert forms_seen == {"multiple_choice", "yes_no", "number", "open"}
+        s = make_eval_sample(random.Random(f"{t}mc"), t, cfg, form="multiple_choice")
+        assert s.answer_type == "multiple_choice" and s.choices[ord(s.answer) - 65] == s.question.answer
+        assert "Options: A." in s.prompt
+    assert forms_seen == {"yes_no", "number", "open"}
+
+
+def test_every_target_and_source_asks_for_steps_with_one_trigger() -> None:
+    assert all(t.template.endswith(STEP_TRIGGER) for t in TARGET_TASKS)
+    assert all(t.template.endswith(STEP_TRIGGER) for t in SOURCE_TASKS if t.style == "steps")
+    source_sentences = {t.template for t in SOURCE_TASKS}
+    assert not {t.template for t in TARGET_TASKS} & source_sentences  # unseen question sentences
+    # every target chain is taught by a source task of the same kind, worded differently
+    assert {t.kind for t in TARGET_TASKS} <= {t.kind for t in SOURCE_TASKS}
+
+
+def test_blind_gap_steps_are_fluent_random_and_the_answer_follows_them() -> None:
+    """The generic student's pretraining rows: gap steps parse, hold about half the time, and the answer
+    is what the written steps imply; the other steps stay correct."""
+    cfg = SceneConfig()
+    gaps = ("vertical_position", "attribute_binding", "count_comparison")
+    held = {g: [] for g in gaps}
+    for t in SOURCE_TASKS:
+        if t.style != "steps" or not set(t.skills) & set(gaps):
+            continue
+        for i in range(60):
+            s = make_support_sample(random.Random(f"{t.name}:{i}"), t, cfg, blind_skills=gaps)
+            steps, answer = split_steps(s.response)
+            claims = [parse_step(x) for x in steps]
+            assert all(c is not None for c in claims), s.response
+            assert answer == KINDS[t.kind].answer_of(claims)
+            after_wrong_gap = False  # a step about an item a wrong gap step invented cannot hold
+            for c in claims:
+                ok = check_step(c, s.question.scene)
+                if c.skill in gaps:
+                    held[c.skill].append(ok)
+                    after_wrong_gap |= not ok
+                else:
+                    assert ok or after_wrong_gap, s.response
+    for g, oks in held.items():
+        assert len(oks) > 100 and 0.25 < sum(oks) / len(oks) < 0.75, (g, sum(oks) / len(oks))
 
 
 def test_identify_task_recognizes_every_wording() -> None:

@@ -28,7 +28,7 @@ def _run(teacher: WorldTeacher, **kw) -> object:
 
 @pytest.fixture(scope="module")
 def locate_rows() -> list[dict]:
-    return generate_eval_rows("locate_item", "validation", 20, seed=2, form="open").to_pylist()
+    return generate_eval_rows("corner", "validation", 20, seed=2, form="open").to_pylist()
 
 
 def _flip(step: str) -> str:
