@@ -1,0 +1,83 @@
+"""Fair arms: every budget trains exactly ``max_steps`` optimizer steps, on both runners. A selection
+larger than one epoch is cycled (a new order each epoch); one smaller than a batch is repeated whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from edray.schemas import TRAIN_METRICS
+from edray.train.config import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+def _config(**over) -> TrainConfig:
+    base = dict(mode="lora", torch_threads=1, batch_size=4, seed=0, checkpoint_every=4,
+                lora={"rank": 4, "alpha": 8}, optim={"lr": 1e-3, "warmup_steps": 0})  # fmt: skip
+    return TrainConfig(**{**base, **over})
+
+
+def _selection(pool: Path, n: int, out: Path) -> Path:
+    ids = pq.read_table(pool, columns=["id"])["id"].to_pylist()[:n]
+    pq.write_table(pa.table({"id": ids}), out)
+    return out
+
+
+def _steps(stage: Path) -> tuple[int, list[int], list[int]]:
+    manifest = json.loads((stage / "manifest.json").read_text())
+    rows = sorted(pq.read_table(stage / TRAIN_METRICS).to_pylist(), key=lambda m: m["step"])
+    return manifest["counts"]["steps"], [m["step"] for m in rows], [m["epoch"] for m in rows]
+
+
+@pytest.mark.parametrize(("n_rows", "epochs_seen"), [(3, 9), (20, 2), (40, 1)])
+def test_in_process_trains_exactly_max_steps_whatever_the_selection(
+    n_rows: int, epochs_seen: int, train_student, train_pool, tmp_path
+) -> None:
+    from edray.train import job
+
+    # 3 rows < batch 4: repeated twice (6 rows, one step per epoch); 20 rows: 5 steps per epoch; 40 rows: 10
+    selection = _selection(train_pool, n_rows, tmp_path / "selection.parquet")
+    stage = job.run(_config(max_steps=9), tmp_path / "run", train_student, selection, train_pool)
+    steps, seen, epochs = _steps(stage)
+    assert steps == 9 and seen == list(range(1, 10))
+    assert len(set(epochs)) == epochs_seen
+
+
+def test_in_process_resumes_mid_cycle_of_a_tiny_selection(train_student, train_pool, tmp_path) -> None:
+    from edray.train import job
+
+    selection = _selection(train_pool, 3, tmp_path / "selection.parquet")
+
+    def crash(step: int, rank: int) -> None:
+        if step == 6 and not (tmp_path / "crashed").exists():
+            (tmp_path / "crashed").write_text("1")
+            raise RuntimeError("injected crash after step 6")
+
+    reference = job.run(_config(max_steps=9), tmp_path / "ref", train_student, selection, train_pool)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        job.run(_config(max_steps=9), tmp_path / "run", train_student, selection, train_pool, on_step=crash)
+    seen: list[int] = []
+    stage = job.run(_config(max_steps=9), tmp_path / "run", train_student, selection, train_pool,
+                    on_step=lambda s, r: seen.append(s))  # fmt: skip
+    assert seen == [5, 6, 7, 8, 9]  # restored from the checkpoint of step 4
+    ref_loss = [m["loss"] for m in sorted(pq.read_table(reference / TRAIN_METRICS).to_pylist(), key=lambda m: m["step"])]
+    loss = [m["loss"] for m in sorted(pq.read_table(stage / TRAIN_METRICS).to_pylist(), key=lambda m: m["step"])]
+    assert loss == pytest.approx(ref_loss, abs=1e-6)
+
+
+def test_ray_train_trains_exactly_max_steps_on_a_selection_smaller_than_a_batch(
+    ray_session, train_student, train_pool, tmp_path
+) -> None:
+    from edray.train import job
+
+    # 2 workers x batch 4: 3 rows are repeated 3 times (9 rows, 4 per worker, one step per epoch)
+    selection = _selection(train_pool, 3, tmp_path / "selection.parquet")
+    stage = job.run(_config(max_steps=5, num_workers=2, cpus_per_worker=0.5), tmp_path / "run", train_student, selection, train_pool)
+    steps, seen, epochs = _steps(stage)
+    assert json.loads((stage / "manifest.json").read_text())["metrics"]["runner"] == "ray_train"
+    assert steps == 5 and seen == list(range(1, 6)) and epochs == [0, 1, 2, 3, 4]
