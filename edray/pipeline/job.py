@@ -143,6 +143,8 @@ def stage_configs(
         paths = RunPaths(Path(_PLACEHOLDER), Path(_PLACEHOLDER), Path(_PLACEHOLDER))
     validation = str(paths.split(cfg.task, "validation"))
     test = str(paths.split(cfg.task, "test"))
+    eval_tasks = cfg.all_eval_tasks()
+    tests = [str(paths.split(t, "test")) for t in eval_tasks]
 
     index = validate_section(IndexConfig, {**cfg.index, "pool": str(paths.pool)}, "index")
 
@@ -176,7 +178,7 @@ def stage_configs(
         if arm.replay_share is not None:
             sel["replay_share"] = arm.replay_share
         guard = dict(sel.get("contamination", {}))
-        guard["evaluation"] = sorted(set(guard.get("evaluation", [])) | {validation, test})
+        guard["evaluation"] = sorted(set(guard.get("evaluation", [])) | {validation, test, *tests})
         sel["contamination"] = guard
         out.select[arm.name] = validate_section(SelectConfig, sel, f"select (arm {arm.name})")
         train = _deep_merge(cfg.train, arm.train)
@@ -194,7 +196,9 @@ def stage_configs(
     ev = _merge(
         cfg.evaluate,
         {
-            "target": [test],
+            "target": tests,
+            # several tasks: the summary (and arms.parquet) report the run's task; scores.parquet has every task
+            **({"main_task": cfg.task} if len(tests) > 1 else {}),
             "general": str(paths.split(WORLD_GENERAL_SUITE, "test")),
             "round": round_index,
             "base": {"name": "base", "arm": "base", "path": str(paths.student)},
