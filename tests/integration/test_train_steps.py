@@ -81,3 +81,38 @@ def test_ray_train_trains_exactly_max_steps_on_a_selection_smaller_than_a_batch(
     steps, seen, epochs = _steps(stage)
     assert json.loads((stage / "manifest.json").read_text())["metrics"]["runner"] == "ray_train"
     assert steps == 5 and seen == list(range(1, 6)) and epochs == [0, 1, 2, 3, 4]
+
+
+# The grid's LoRA recipe (docs/train.md, "LoRA recipe"): attention and MLP projections of the language model,
+# the projector trained in full.
+LORA_RECIPE = {"rank": 16, "alpha": 32, "dropout": 0.0, "targets": r".*language_model.*\.(q|k|v|o|gate|up|down)_proj",
+               "train_projector": True}  # fmt: skip
+
+
+def test_lora_recipe_adapts_attention_and_mlp_and_trains_the_projector(train_student, train_pool, tmp_path) -> None:
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from edray.schemas import TRAIN_ADAPTER
+    from edray.train import job
+    from edray.train.model import build_model
+
+    cfg = _config(max_steps=3, lora=LORA_RECIPE, optim={"lr": 2e-3, "warmup_steps": 0})
+    model, _ = build_model(cfg, str(train_student))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert any(f".{proj}.lora_A" in n and "language_model" in n for n in trainable), proj
+    assert any("multi_modal_projector" in n for n in trainable)
+    assert not any("vision_tower" in n for n in trainable)
+
+    selection = _selection(train_pool, 16, tmp_path / "selection.parquet")
+    stage = job.run(cfg, tmp_path / "run", train_student, selection, train_pool)
+    saved = load_file(str(stage / TRAIN_ADAPTER / "adapter_model.safetensors"))
+    assert any("mlp" in k and "lora_B" in k for k in saved) and any("multi_modal_projector" in k for k in saved)
+    base = AutoModelForImageTextToText.from_pretrained(train_student)
+    before = {n: p.clone() for n, p in base.named_parameters() if "multi_modal_projector" in n}
+    tuned = PeftModel.from_pretrained(base, stage / TRAIN_ADAPTER).merge_and_unload()
+    after = {n: p for n, p in tuned.named_parameters() if "multi_modal_projector" in n}
+    assert before and any(not torch.equal(before[n], after[n]) for n in before)
