@@ -99,6 +99,11 @@ class RunConfig(EdrayModel):
     student: Optional[str] = Field(
         None, description="Student model folder; null pretrains the world's generic student (cached by config)."
     )
+    index_dir: Optional[str] = Field(
+        None,
+        description="The index stage folder of another run over the same pool (its `<run>/index`), to share one "
+        "index among the runs of a grid; null builds the index in this run.",
+    )
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Pretraining of the world's student.")
     student_cache: str = Field(
         "runs/.students", description="Folder of pretrained students, one per pretraining config fingerprint."
