@@ -56,6 +56,38 @@ def test_arms_are_evaluated_on_their_tasks_and_report_the_runs_task(ray_session,
         assert by_arm[m]["target_accuracy"] == pytest.approx(per_task[(m, task)]["accuracy"])
     assert summary["every-task"]["target_gain"] == pytest.approx(per_task[("every-task", task)]["accuracy"] - per_task[("base", task)]["accuracy"])
 
+    # jobs/experiments/summarize.py reads the run: one row per (arm, task evaluated), the items paired by id
+    from edray.pipeline.arms import write_arms_table
+
+    (run_dir / "run_config.json").write_text(cfg.model_dump_json())
+    write_arms_table(run_dir, records)
+    res = _summarize().read_run(run_dir)
+    rows = {(r["model"], r["task"]): r for r in res.arms.to_dict("records")}
+    assert set(rows) == {k for k in per_task if k[1] != SCORE_ALL}
+    for (m, t), r in rows.items():
+        assert r["target_accuracy"] == pytest.approx(per_task[(m, t)]["accuracy"]) and r["n_test"] == per_task[(m, t)]["n"]
+        assert r["trained_for"] == task and r["strategy"] == ("none" if m == "base" else "oracle")
+    pool_rows = sum(pq.read_metadata(p).num_rows for p in (world_dir / "pool").rglob("*.parquet"))
+    assert rows[("every-task", other)]["budget_share"] == pytest.approx(8 / pool_rows, abs=1e-4)
+    assert len(res.items[(res.items.model == "every-task")]) == 2 * n_test
+    text = _summarize().build(res, tmp_path / "results", "results", [run_dir], gap_tasks=(task, other), controls=())
+    assert "### Target accuracy by task, strategy and budget" in text and f"| {other} |" in text
+    csv = (tmp_path / "results" / "arms.csv").read_text().splitlines()
+    assert csv[0].startswith("task,strategy,budget_share,seed,update,target_accuracy,retention,n_test") and len(csv) == 1 + len(rows)
+
+
+def _summarize():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / "experiments" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("grid_summarize", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 def test_eval_tasks_must_be_written_by_the_generated_world() -> None:
     from pydantic import ValidationError
