@@ -270,8 +270,8 @@ def main_table(res: Results, gap_tasks: Sequence[str], controls: Sequence[str]) 
     update, mode = main_setting(arms)
     budgets = sorted({b for b in arms[arms.strategy.isin(["random", "insta", "error_driven", "oracle"])].budget_share.dropna()})
     columns: list[tuple[str, float | None]] = [("none", None)]
-    columns += [(s, b) for b in budgets for s in ("random", "insta", "error_driven", "oracle")]
-    columns += [("full", None)]
+    columns += [(s, b) for b in budgets for s in ("random", "insta", "error_driven")]
+    columns += [("full", None)] + [("oracle", b) for b in budgets]
     gaps, ctrl, other = _tasks(arms, gap_tasks, controls)
     rows_spec: list[tuple[str, list[str]]] = [(t, [t]) for t in gaps + ctrl + other]
     if len(gaps) > 1:
