@@ -46,7 +46,8 @@ LORA_RECIPE = '{rank: 16, alpha: 32, dropout: 0.0, targets: ".*language_model.*\
 # Measured on 2 cores with two arms at a time (jobs/experiments/selection.yaml through the arm runner,
 # docs/results.md "Reading"; error-driven arms of 9, 27 and 54 steps took 6.1, 11.0 and 20.2 s, the full pool
 # 561 steps in 186 s; evaluation 3.5 s per model for 900 rows; world 8 s, index 43 s for 6,000 rows;
-# diagnosis 78 s for 300 validation rows; INSTA 40 s more than error-driven).
+# diagnosis 78 s for 300 validation rows; INSTA 40 s more than error-driven). Cross-check: docs/train.md measures
+# 74-76 ms per in-process step at batch 8, about 0.3 s at batch 32.
 STEP_S = 0.32
 EVAL_S_PER_ROW = 3.5 / 900
 INSTA_EXTRA_S = 40.0
@@ -128,7 +129,7 @@ def estimate() -> dict[str, float]:
 
 
 def _minutes(s: float) -> str:
-    return f"{s / 60:.0f} min"
+    return f"{s / 60:.0f} min" if s >= 600 else f"{s / 60:.1f} min"
 
 
 def readme() -> list[str]:
