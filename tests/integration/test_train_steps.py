@@ -70,17 +70,54 @@ def test_in_process_resumes_mid_cycle_of_a_tiny_selection(train_student, train_p
     assert loss == pytest.approx(ref_loss, abs=1e-6)
 
 
-def test_ray_train_trains_exactly_max_steps_on_a_selection_smaller_than_a_batch(
-    ray_session, train_student, train_pool, tmp_path
+def _ray_tiny(**over) -> TrainConfig:
+    # 2 workers x batch 4: 3 rows are repeated 3 times (9 rows, 4 per worker, one step per epoch)
+    return _config(max_steps=5, num_workers=2, cpus_per_worker=0.5, checkpoint_every=2, max_failures=1, **over)
+
+
+@pytest.fixture(scope="module")
+def ray_tiny_reference(ray_session, train_student, train_pool, tmp_path_factory) -> Path:
+    from edray.train import job
+
+    tmp = tmp_path_factory.mktemp("ray_tiny")
+    selection = _selection(train_pool, 3, tmp / "selection.parquet")
+    return job.run(_ray_tiny(), tmp / "run", train_student, selection, train_pool)
+
+
+def test_ray_train_trains_exactly_max_steps_on_a_selection_smaller_than_a_batch(ray_tiny_reference: Path) -> None:
+    steps, seen, epochs = _steps(ray_tiny_reference)
+    assert json.loads((ray_tiny_reference / "manifest.json").read_text())["metrics"]["runner"] == "ray_train"
+    assert steps == 5 and seen == list(range(1, 6)) and epochs == [0, 1, 2, 3, 4]
+
+
+class _DieOnce:
+    """Kill the worker process of rank 1 right after optimizer step ``step``, on the first attempt only."""
+
+    def __init__(self, marker: str, step: int) -> None:
+        self.marker, self.step = marker, step
+
+    def __call__(self, step: int, rank: int) -> None:
+        import os
+
+        if step == self.step and rank == 1 and not os.path.exists(self.marker):
+            Path(self.marker).write_text("killed")
+            os._exit(1)
+
+
+def test_ray_train_resumes_a_cycled_selection_after_an_epoch_boundary(
+    ray_tiny_reference: Path, train_student, train_pool, tmp_path
 ) -> None:
     from edray.train import job
 
-    # 2 workers x batch 4: 3 rows are repeated 3 times (9 rows, 4 per worker, one step per epoch)
+    # killed after step 3 (epoch 2); the worker group restarts from the checkpoint of step 2 (end of epoch 1)
     selection = _selection(train_pool, 3, tmp_path / "selection.parquet")
-    stage = job.run(_config(max_steps=5, num_workers=2, cpus_per_worker=0.5), tmp_path / "run", train_student, selection, train_pool)
-    steps, seen, epochs = _steps(stage)
-    assert json.loads((stage / "manifest.json").read_text())["metrics"]["runner"] == "ray_train"
-    assert steps == 5 and seen == list(range(1, 6)) and epochs == [0, 1, 2, 3, 4]
+    marker = tmp_path / "killed"
+    stage = job.run(_ray_tiny(), tmp_path / "run", train_student, selection, train_pool, on_step=_DieOnce(str(marker), 3))
+    assert marker.exists(), "the worker was never killed"
+    steps, seen, _ = _steps(stage)
+    assert steps == 5 and seen == list(range(1, 6))
+    loss = lambda st: [m["loss"] for m in sorted(pq.read_table(st / TRAIN_METRICS).to_pylist(), key=lambda m: m["step"])]  # noqa: E731
+    assert loss(stage) == pytest.approx(loss(ray_tiny_reference), abs=1e-5)
 
 
 # The grid's LoRA recipe (docs/train.md, "LoRA recipe"): attention and MLP projections of the language model,
