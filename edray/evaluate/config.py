@@ -55,6 +55,13 @@ class EvaluateConfig(EdrayModel):
         ..., min_length=1, max_length=64, description="Target test split(s): Parquet files or folders in EVAL_SCHEMA."
     )
     general: str = Field(..., min_length=1, max_length=4096, description="General suite: a Parquet file or folder in EVAL_SCHEMA.")
+    main_task: Optional[str] = Field(
+        None,
+        max_length=128,
+        description="When the target splits hold several tasks (their source_task column), the task whose accuracy "
+        "the summary reports (target accuracy, gain, combined score); every task keeps its own rows in scores.parquet. "
+        "null: all target rows together.",
+    )
     split: Optional[str] = Field(
         "test",
         max_length=64,

@@ -203,13 +203,17 @@ class ModelSummary:
         return asdict(self)
 
 
-def summarize(scores: Sequence[Mapping[str, Any]], base: str, cap_retention: bool = True) -> list[ModelSummary]:
+def summarize(
+    scores: Sequence[Mapping[str, Any]], base: str, cap_retention: bool = True, task: str | None = None
+) -> list[ModelSummary]:
     """Target accuracy, general accuracy, target gain, retention and combined score per model.
 
     Args:
         scores: rows of :func:`accuracy_table`.
         base: the base model's name (retention and gain are relative to it).
         cap_retention: clip retention at 1.
+        task: read the target suite's accuracy of this task only (models evaluated on several target
+            tasks); None: all target rows.
 
     Returns:
         One summary per model; the base first, then the others by name.
@@ -221,7 +225,10 @@ def summarize(scores: Sequence[Mapping[str, Any]], base: str, cap_retention: boo
     arms: dict[str, str] = {}
     for s in scores:
         arms[s["model"]] = s["arm"]
-        if s["task"] == SCORE_ALL and s["skill"] == SCORE_ALL:
+        if s["skill"] != SCORE_ALL:
+            continue
+        wanted = task if task is not None and s["suite"] == "target" else SCORE_ALL
+        if s["task"] == wanted:
             overall[(s["model"], s["suite"])] = s
     if base not in arms:
         raise ValueError(f"base model {base!r} has no scores")

@@ -318,7 +318,7 @@ def _write_scores(st: Stage, tmp: Path, predictions: list[dict[str, Any]], confi
         {"predictions": len(predictions), "failures": sum(p["failure"] is not None for p in predictions)}
     )
     if base is not None:
-        st.dir.metrics["summary"] = [s.as_dict() for s in core.summarize(scores, base, config.cap_retention)]
+        st.dir.metrics["summary"] = [s.as_dict() for s in core.summarize(scores, base, config.cap_retention, config.main_task)]
 
 
 def collect(config: EvaluateConfig, run_dir: str | Path, parts: Sequence[Path], force: bool = False) -> Path:

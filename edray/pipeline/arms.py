@@ -220,7 +220,7 @@ def run_arm(work: ArmWork) -> dict[str, Any]:
         t2 = time.time()
         eval_dir = evaluate_job.run(ev, work.root, force=work.force, name=EVAL_BASE if work.is_base else EVAL_ARM)
         timings["evaluate_s"] = time.time() - t2
-        record.update(_accuracies(eval_dir))
+        record.update(_accuracies(eval_dir, ev.main_task))
     return {
         **_identity(work), **record, **timings, "status": "ok", "error": None,
         "started_at": started, "wall_s": time.time() - started,
@@ -239,13 +239,15 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _accuracies(eval_dir: Path) -> dict[str, Any]:
+def _accuracies(eval_dir: Path, task: str | None = None) -> dict[str, Any]:
+    """Target (of ``task`` alone when given, else of every target row) and general accuracy of an arm."""
     from edray.schemas import EVAL_SCORES, SCORE_ALL
 
     scores = pq.read_table(Path(eval_dir) / EVAL_SCORES).to_pylist()
     out: dict[str, Any] = {}
     for s in scores:
-        if s["task"] == SCORE_ALL and s["skill"] == SCORE_ALL:
+        wanted = task if task is not None and s["suite"] == "target" else SCORE_ALL
+        if s["task"] == wanted and s["skill"] == SCORE_ALL:
             out[f"{s['suite']}_accuracy"] = s["accuracy"]
             if s["suite"] == "target":
                 out["target_n"] = int(s["n"])
@@ -393,7 +395,7 @@ def _from_stages(work: ArmWork) -> dict[str, Any]:
     if work.evaluate is None:
         return {}
     ev = EvaluateConfig.model_validate(work.evaluate)
-    return _accuracies(evaluate_job.stage(ev, work.root, EVAL_BASE if work.is_base else EVAL_ARM).path)
+    return _accuracies(evaluate_job.stage(ev, work.root, EVAL_BASE if work.is_base else EVAL_ARM).path, ev.main_task)
 
 
 def write_arms_table(run_dir: Path, records: list[dict[str, Any]]) -> Path:
@@ -423,6 +425,10 @@ def round_works(cfg: Any, stages: Any, paths: Any, round_index: int, student: Pa
     ]
     specs = {m.name: m for m in ev.models}
     for arm in arms:
+        # each arm is answered on its own tasks' test splits (the base on every task some arm has)
+        tasks = cfg.arm_eval_tasks(arm)
+        target = [str(paths.split(t, "test")) for t in tasks]
+        main = {"main_task": cfg.task} if len(tasks) > 1 else {"main_task": None}
         sel, train = stages.select[arm.name], stages.train[arm.name]
         selection = None
         if arm.strategy == "oracle":
@@ -434,7 +440,9 @@ def round_works(cfg: Any, stages: Any, paths: Any, round_index: int, student: Pa
                 root=str(paths.arm_dir(cfg.arms, arm)),
                 student=str(student),
                 pool=str(paths.pool),
-                evaluate=ev.model_copy(update={"models": [specs[arm.name]], "evaluate_base": False}).model_dump(mode="json"),
+                evaluate=ev.model_copy(
+                    update={"models": [specs[arm.name]], "evaluate_base": False, "target": target, **main}
+                ).model_dump(mode="json"),
                 strategy=arm.strategy,
                 select=None if selection else sel.model_dump(mode="json"),
                 selection=selection,

@@ -50,6 +50,12 @@ class ArmConfig(EdrayModel):
     train: dict[str, Any] = Field(
         default_factory=dict, description="Further train fields of this arm over the train section (e.g. seed, epochs)."
     )
+    eval_tasks: Optional[list[str]] = Field(
+        None,
+        max_length=64,
+        description="Further target tasks this arm is evaluated on besides the run's task; null takes the run's "
+        "eval_tasks, [] evaluates the run's task only.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -93,11 +99,23 @@ class RunConfig(EdrayModel):
     student: Optional[str] = Field(
         None, description="Student model folder; null pretrains the world's generic student (cached by config)."
     )
+    index_dir: Optional[str] = Field(
+        None,
+        description="The index stage folder of another run over the same pool (its `<run>/index`), to share one "
+        "index among the runs of a grid; null builds the index in this run.",
+    )
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Pretraining of the world's student.")
     student_cache: str = Field(
         "runs/.students", description="Folder of pretrained students, one per pretraining config fingerprint."
     )
     task: str = Field("spot_item", min_length=1, description="Target task: a task of the world's eval folder.")
+    eval_tasks: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Further target tasks (of the world's eval folder) every arm is evaluated on besides `task`, e.g. "
+        "the tasks a random or full-pool arm, which do not depend on the task, is compared on. scores.parquet then "
+        "holds rows per model and task; the summary and arms.parquet report `task`.",
+    )
     rounds: int = Field(1, ge=1, le=20, description="Rounds of diagnose → select → train; round k diagnoses round k−1's student.")
     arms: list[ArmConfig] = Field(
         default_factory=lambda: [ArmConfig(name="error_driven"), ArmConfig(name="random", strategy="random")],
@@ -127,6 +145,24 @@ class RunConfig(EdrayModel):
         if dupes:
             raise ValueError(f"arm names must be unique; repeated: {dupes}")
         return v
+
+    def arm_eval_tasks(self, arm: ArmConfig) -> list[str]:
+        """The target tasks ``arm`` is evaluated on: the run's task first, then its further tasks."""
+        extra = self.eval_tasks if arm.eval_tasks is None else arm.eval_tasks
+        return list(dict.fromkeys([self.task, *extra]))
+
+    def all_eval_tasks(self) -> list[str]:
+        """Every target task some arm of the run is evaluated on (the base is evaluated on all of them)."""
+        return list(dict.fromkeys(t for arm in self.arms for t in self.arm_eval_tasks(arm)))
+
+    @model_validator(mode="after")
+    def _eval_tasks_exist(self) -> "RunConfig":
+        written = self.world.eval.target_tasks
+        if self.world_dir is None and written:
+            missing = [t for t in self.all_eval_tasks() if t not in written]
+            if missing:
+                raise ValueError(f"eval_tasks: {missing} are not in world.eval.target_tasks {written}")
+        return self
 
     @model_validator(mode="after")
     def _sections_validate(self) -> "RunConfig":

@@ -143,6 +143,8 @@ def stage_configs(
         paths = RunPaths(Path(_PLACEHOLDER), Path(_PLACEHOLDER), Path(_PLACEHOLDER))
     validation = str(paths.split(cfg.task, "validation"))
     test = str(paths.split(cfg.task, "test"))
+    eval_tasks = cfg.all_eval_tasks()
+    tests = [str(paths.split(t, "test")) for t in eval_tasks]
 
     index = validate_section(IndexConfig, {**cfg.index, "pool": str(paths.pool)}, "index")
 
@@ -167,7 +169,7 @@ def stage_configs(
                 "round": round_index,
                 # the oracle's rows come from the world (edray.pipeline.arms); its section gives budget and seed
                 "strategy": "random" if arm.strategy == "oracle" else arm.strategy,
-                "index_dir": str(paths.run_dir / "index"),
+                "index_dir": str(Path(cfg.index_dir) if cfg.index_dir else paths.run_dir / "index"),
                 "diagnose_dir": str(StageDir(paths.run_dir, "diagnose", round_index).path),
             },
         )
@@ -176,7 +178,7 @@ def stage_configs(
         if arm.replay_share is not None:
             sel["replay_share"] = arm.replay_share
         guard = dict(sel.get("contamination", {}))
-        guard["evaluation"] = sorted(set(guard.get("evaluation", [])) | {validation, test})
+        guard["evaluation"] = sorted(set(guard.get("evaluation", [])) | {validation, test, *tests})
         sel["contamination"] = guard
         out.select[arm.name] = validate_section(SelectConfig, sel, f"select (arm {arm.name})")
         train = _deep_merge(cfg.train, arm.train)
@@ -194,7 +196,9 @@ def stage_configs(
     ev = _merge(
         cfg.evaluate,
         {
-            "target": [test],
+            "target": tests,
+            # several tasks: the summary (and arms.parquet) report the run's task; scores.parquet has every task
+            **({"main_task": cfg.task} if len(tests) > 1 else {}),
             "general": str(paths.split(WORLD_GENERAL_SUITE, "test")),
             "round": round_index,
             "base": {"name": "base", "arm": "base", "path": str(paths.student)},
@@ -320,6 +324,22 @@ def prepare(cfg: RunConfig, run_dir: Path, progress: Progress, force: bool = Fal
     return RunPaths(run_dir=run_dir, world_dir=world_dir, student=student)
 
 
+def shared_index(index_dir: Path, pool: Path) -> None:
+    """Check that another run's index stage is complete and indexes this run's pool.
+
+    Raises:
+        ConfigError: the folder holds no completed index stage, or it indexed another pool.
+    """
+    from edray.schemas import INDEX_INFO
+
+    manifest = index_dir / MANIFEST
+    if not (index_dir / INDEX_INFO).is_file() or not manifest.is_file():
+        raise ConfigError(f"index_dir: {index_dir} holds no completed index stage (run the run that builds it first)")
+    indexed = json.loads(manifest.read_text()).get("config", {}).get("pool")
+    if indexed is None or Path(indexed).resolve() != Path(pool).resolve():
+        raise ConfigError(f"index_dir: {index_dir} indexes the pool {indexed}, not this run's {pool}")
+
+
 def world_checks(cfg: RunConfig, run_dir: Path, round_index: int) -> list[Any]:
     """The skills world's checks of the run (edray.world.checks), printed and kept in ``<run-dir>/checks``.
 
@@ -378,7 +398,10 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike[str], force: bool = False) ->
 
     for k in range(cfg.rounds):
         stages = stage_configs(cfg, paths, k, base_url, student=current)
-        if k == 0:
+        if k == 0 and cfg.index_dir:
+            with progress.stage(f"index: shared from {cfg.index_dir}"):
+                shared_index(Path(cfg.index_dir), paths.pool)
+        elif k == 0:
             with progress.stage("index: annotate, embed and index the supporting pool", index_job.stage(stages.index, run_dir).path):
                 index_job.run(stages.index, run_dir, force=force)
         diagnosis = diagnose_job.stage(stages.diagnose, run_dir)

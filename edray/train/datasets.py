@@ -103,12 +103,16 @@ def prepare_datasets(
     resumed worker must see exactly the batches it saw before the failure, which Ray Data's dynamic
     ``streaming_split`` does not guarantee.
 
+    A selection smaller than one optimizer step on every worker (``batch_size x grad_accum x
+    num_workers`` rows) is repeated whole until it fills one (:func:`repeats_needed`), so a small budget
+    trains for ``max_steps`` like a large one.
+
     Returns:
-        ``(shards, quarantine, rows_per_worker)``.
+        ``(shards, quarantine, rows_per_worker)``; ``rows_per_worker`` counts repeated rows.
 
     Raises:
         ValueError: the selection has no ``id`` column, repeats an id, needs a pool that was not
-            given, or leaves fewer rows than one optimizer step per worker needs.
+            given, or leaves no trainable row.
     """
     import ray
     from ray.data.expressions import col
@@ -144,8 +148,12 @@ def prepare_datasets(
     meta_tab = pa.concat_tables(ray.get(meta)) if meta else pa.table({"id": [], "_error": []})
     quarantine, n_good = _quarantine_table(cfg, id_list, meta_tab, source)
     good = checked.filter(expr=col("_error").is_null()).select_columns(["id", "images", "messages"])
+    reps = repeats_needed(n_good, cfg)
+    if reps > 1:
+        good = good.materialize()
+        good = good.union(*[good] * (reps - 1))
     shards = good.split(cfg.num_workers, equal=True)
-    return shards, quarantine, n_good // cfg.num_workers
+    return shards, quarantine, n_good * reps // cfg.num_workers
 
 
 def prepare_local(cfg: TrainConfig, student: Path, selection: Path, pool: Path | None) -> tuple[pa.Table, pa.Table, int]:
@@ -157,7 +165,8 @@ def prepare_local(cfg: TrainConfig, student: Path, selection: Path, pool: Path |
 
     Returns:
         ``(rows, quarantine, rows_per_worker)``; ``rows`` holds ``id, images, messages`` of the
-        trainable rows in their seeded order.
+        trainable rows in their seeded order, repeated whole when fewer than one optimizer step
+        (:func:`repeats_needed`).
 
     Raises:
         ValueError: as :func:`prepare_datasets`.
@@ -177,7 +186,22 @@ def prepare_local(cfg: TrainConfig, student: Path, selection: Path, pool: Path |
     quarantine, n_good = _quarantine_table(cfg, id_list, meta_tab, source)
     keep = pa.array([e is None for e in errors], pa.bool_())
     good = table.append_column("_order", pa.array(order, pa.int64())).filter(keep).sort_by("_order")
-    return good.select(["id", "images", "messages"]), quarantine, n_good
+    good = good.select(["id", "images", "messages"])
+    reps = repeats_needed(n_good, cfg)
+    if reps > 1:
+        good = pa.concat_tables([good] * reps)
+    return good, quarantine, good.num_rows
+
+
+def repeats_needed(n_rows: int, cfg: TrainConfig) -> int:
+    """How many whole copies of ``n_rows`` trainable rows fill one optimizer step on every worker.
+
+    Fair arms train the same number of optimizer steps (``max_steps``) at every budget; a budget
+    smaller than one step's rows (e.g. 2 % of a small pool at batch 32) would otherwise have no step
+    at all. Each epoch still visits the copies in a fresh order.
+    """
+    need = cfg.batch_size * cfg.grad_accum * cfg.num_workers
+    return max(1, -(-need // max(1, n_rows)))
 
 
 def _selection_ids(selection: Path) -> tuple[list[str], list[str]]:
@@ -201,7 +225,7 @@ def _quarantine_table(cfg: TrainConfig, id_list: list[str], meta_tab: pa.Table, 
     """The quarantine (ids not found, rows that do not collate) and the number of trainable rows.
 
     Raises:
-        ValueError: fewer trainable rows than one optimizer step per worker needs.
+        ValueError: no trainable row is left.
     """
     quarantine_rows: list[dict[str, Any]] = []
     found = set(meta_tab["id"].to_pylist())
@@ -215,12 +239,9 @@ def _quarantine_table(cfg: TrainConfig, id_list: list[str], meta_tab: pa.Table, 
             field = "images" if "image" in err else "messages"
             quarantine_rows.append(_quarantine(i, str(source), field, err))
     n_good = meta_tab.num_rows - n_bad
-    rows_per_worker = n_good // cfg.num_workers
-    if rows_per_worker < cfg.batch_size * cfg.grad_accum:
-        raise ValueError(
-            f"{n_good} trainable rows ({len(quarantine_rows)} quarantined) give {rows_per_worker} per worker, fewer "
-            f"than one optimizer step needs (batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum})"
-        )
+    if n_good == 0:
+        first = f" (first reason: {quarantine_rows[0]['reason']})" if quarantine_rows else ""
+        raise ValueError(f"no trainable rows: {len(id_list)} selected, {len(quarantine_rows)} quarantined{first}")
     return pa.Table.from_pylist(quarantine_rows, schema=QUARANTINE_SCHEMA), n_good
 
 

@@ -202,6 +202,9 @@ def train_loop(loop_config: dict[str, Any], ctx: LoopContext) -> None:
     params = [p for _, p in named_trainable]
 
     spe = (loop_config["rows_per_worker"] // cfg.batch_size) // cfg.grad_accum  # optimizer steps per epoch
+    if spe < 1:
+        # the data preparation repeats a small selection to fill one step (edray.train.datasets.repeats_needed)
+        raise ValueError(f"{loop_config['rows_per_worker']} rows per worker fill no optimizer step")
     total_steps = cfg.max_steps or cfg.epochs * spe
     optimizer = torch.optim.AdamW(
         params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay

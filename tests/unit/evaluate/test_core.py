@@ -103,6 +103,21 @@ def test_summarize_caps_retention_only_when_asked():
     assert raw["better"].combined == pytest.approx(2 * 1.0 * 2.0 / 3.0)
 
 
+def test_summarize_reads_one_task_when_models_answered_several():
+    preds = []
+    # task t: base 1/4, tuned 3/4; task u: base 4/4, tuned 0/4 (pooled, the gain would be -2/8)
+    for model, arm, t, u in (("base", "base", 1, 4), ("tuned", "full", 3, 0)):
+        preds += [_p(model, "target", "t", [], i < t, arm) for i in range(4)]
+        preds += [_p(model, "target", "u", [], i < u, arm) for i in range(4)]
+        preds += [_p(model, "general", "g", [], True, arm) for _ in range(2)]
+    table = core.accuracy_table(preds)
+    one = {s.model: s for s in core.summarize(table, "base", task="t")}
+    pooled = {s.model: s for s in core.summarize(table, "base")}
+    assert one["tuned"].target_accuracy == 0.75 and one["tuned"].target_n == 4
+    assert one["tuned"].target_gain == pytest.approx(0.5) and one["tuned"].retention == 1.0
+    assert pooled["tuned"].target_gain == pytest.approx(-0.25) and pooled["tuned"].target_n == 8
+
+
 def test_summarize_unknown_base_and_undefined_retention():
     preds = [_p("m", "target", "t", [], True), _p("m", "general", "g", [], False)]
     with pytest.raises(ValueError, match="base"):
