@@ -100,11 +100,19 @@ def _read_scores(evaluate_dir: Path) -> list[dict[str, Any]]:
     return pq.read_table(Path(evaluate_dir) / EVAL_SCORES).to_pylist()
 
 
-def _overall(scores: Sequence[Mapping[str, Any]], model: str, suite: str, skill: str = SCORE_ALL) -> float | None:
+def _overall(
+    scores: Sequence[Mapping[str, Any]], model: str, suite: str, skill: str = SCORE_ALL, task: str | None = None
+) -> float | None:
+    """A model's accuracy on a suite: on one task when ``task`` is given and scored on its own (an arm
+    evaluated on several target tasks), else over the suite."""
+    found = None
     for s in scores:
-        if s["model"] == model and s["suite"] == suite and s["task"] == SCORE_ALL and s["skill"] == skill:
-            return float(s["accuracy"])
-    return None
+        if s["model"] == model and s["suite"] == suite and s["skill"] == skill:
+            if task is not None and s["task"] == task:
+                return float(s["accuracy"])
+            if s["task"] == SCORE_ALL:
+                found = float(s["accuracy"])
+    return found
 
 
 # --- (a) ----------------------------------------------------------------------------------------------
@@ -243,14 +251,16 @@ def check_selection_precision(
 # --- (e) ----------------------------------------------------------------------------------------------
 
 
-def check_headroom(evaluate_dir: Path | None, oracle_model: str | None, random_model: str | None, seed: int = 0) -> CheckResult:
-    """(e) Target accuracy of the oracle arm minus the random arm, with a paired bootstrap CI when the
-    evaluate stage's predictions are there."""
+def check_headroom(
+    evaluate_dir: Path | None, oracle_model: str | None, random_model: str | None, seed: int = 0, task: str | None = None
+) -> CheckResult:
+    """(e) Target accuracy of the oracle arm minus the random arm on the run's target task, with a paired
+    bootstrap CI when the evaluate stage's predictions are there."""
     threshold = f"oracle - random target accuracy >= {HEADROOM_MIN * 100:.0f} points"
     if evaluate_dir is None or not oracle_model or not random_model:
         return CheckResult("e", "headroom", {}, threshold, NOT_MEASURED, "needs an oracle and a random arm (arms with strategy oracle and random, or --arm-oracle / --arm-random)")
     scores = _read_scores(evaluate_dir)
-    oracle, rand = _overall(scores, oracle_model, "target"), _overall(scores, random_model, "target")
+    oracle, rand = _overall(scores, oracle_model, "target", task=task), _overall(scores, random_model, "target", task=task)
     measured: dict[str, Any] = {"oracle_model": oracle_model, "random_model": random_model, "oracle": oracle, "random": rand}
     missing = [m for m, a in ((oracle_model, oracle), (random_model, rand)) if a is None]
     if missing:
@@ -260,8 +270,14 @@ def check_headroom(evaluate_dir: Path | None, oracle_model: str | None, random_m
     ci = ""
     pred_path = Path(evaluate_dir) / EVAL_PREDICTIONS
     if pred_path.is_file():
-        preds = pq.read_table(pred_path, columns=["model", "suite", "id", "correct"]).to_pylist()
-        by = {m: {(0, p["id"]): float(p["correct"]) for p in preds if p["model"] == m and p["suite"] == "target"} for m in (oracle_model, random_model)}
+        preds = pq.read_table(pred_path, columns=["model", "suite", "task", "id", "correct"]).to_pylist()
+        tasks = {p["task"] for p in preds if p["suite"] == "target"}
+        keep = task if task in tasks else None
+        by = {
+            m: {(0, p["id"]): float(p["correct"]) for p in preds
+                if p["model"] == m and p["suite"] == "target" and (keep is None or p["task"] == keep)}
+            for m in (oracle_model, random_model)
+        }
         if set(by[oracle_model]) & set(by[random_model]):
             boot = paired_bootstrap(by[oracle_model], by[random_model], seed=seed)
             measured["ci95"] = [_round(boot.low), _round(boot.high)]
@@ -324,7 +340,7 @@ def run_checks(
         check_base_errors(diagnose_dir, rows, gap_skills),
         check_located_steps(diagnose_dir, rows),
         check_selection_precision(selections, pool_skill_truth(pool), gap_skills),
-        check_headroom(evaluate_dir, oracle_model, random_model),
+        check_headroom(evaluate_dir, oracle_model, random_model, task=task),
     ]
     write_checks(results, out_dir)
     return results
