@@ -169,7 +169,7 @@ def stage_configs(
                 "round": round_index,
                 # the oracle's rows come from the world (edray.pipeline.arms); its section gives budget and seed
                 "strategy": "random" if arm.strategy == "oracle" else arm.strategy,
-                "index_dir": str(Path(cfg.index_dir) if cfg.index_dir else paths.run_dir / "index"),
+                "index_dir": str(Path(cfg.index_dir).resolve() if cfg.index_dir else paths.run_dir / "index"),
                 "diagnose_dir": str(StageDir(paths.run_dir, "diagnose", round_index).path),
             },
         )
@@ -310,7 +310,8 @@ def prepare(cfg: RunConfig, run_dir: Path, progress: Progress, force: bool = Fal
         with progress.stage("world: generate the skills world"):
             world_dir = world_job.run(cfg.world, run_dir / "world", force=force)
     else:
-        world_dir = Path(cfg.world_dir)
+        # Absolute: the arms' trials run in their own working folders.
+        world_dir = Path(cfg.world_dir).resolve()
         if not (world_dir / WORLD_POOL_DIR).exists():
             raise ConfigError(f"world_dir: {world_dir} holds no {WORLD_POOL_DIR}/ (generate one with `edray world generate`)")
     if cfg.student is None:
@@ -318,7 +319,7 @@ def prepare(cfg: RunConfig, run_dir: Path, progress: Progress, force: bool = Fal
             fp = recipe_fingerprint(cfg.pretrain)[:16]
             student = pretrain_student(cfg.pretrain, Path(cfg.student_cache) / fp)
     else:
-        student = Path(cfg.student)
+        student = Path(cfg.student).resolve()
         if not (student / "config.json").is_file():
             raise ConfigError(f"student: {student} is not a model folder (no config.json)")
     return RunPaths(run_dir=run_dir, world_dir=world_dir, student=student)
