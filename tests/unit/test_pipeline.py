@@ -114,3 +114,19 @@ def test_other_weights_get_another_served_name(tmp_path: Path) -> None:
     cfg = RunConfig()
     paths = _paths(tmp_path)
     assert stage_configs(cfg, paths).diagnose.student.client.model == student_name(0, paths.student)
+
+
+def test_given_world_and_student_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arms run as Tune trials in their own working folders: a relative world_dir or student given in
+    the config must reach them as absolute paths (a relative one made every trial fail)."""
+    from edray.pipeline.job import Progress, prepare
+    from edray.schemas import WORLD_POOL_DIR
+
+    (tmp_path / "w" / WORLD_POOL_DIR).mkdir(parents=True)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig(world_dir="w", student="s", task="corner", index={}, report=False)
+    paths = prepare(cfg, tmp_path / "run", Progress(1))
+    assert paths.world_dir == tmp_path / "w" and paths.student == tmp_path / "s"
+    assert paths.world_dir.is_absolute() and paths.student.is_absolute()
