@@ -375,13 +375,13 @@ def format_checks(results: Sequence[CheckResult]) -> str:
 # --- a run folder ---------------------------------------------------------------------------------------
 
 
-def designed_gap_skills(student: Path | None = None, mix: Mapping[str, float] | None = None) -> tuple[list[str], str]:
+def designed_gap_skills(student: Path | None = None, pretrain: Mapping[str, Any] | None = None) -> tuple[list[str], str]:
     """The student's designed gap skills: the skills its pretraining made uninformative (``gaps``) and
     those its mix under-weights (weight < 1).
 
     Args:
         student: a pretrained world student folder (its ``manifest.json`` records the pretraining config).
-        mix: a pretraining config (or its ``mix`` alone) to use when the student folder records none.
+        pretrain: the pretraining config's ``gaps`` and ``mix``, used when the student folder records none.
 
     Returns:
         ``(skills, source)``: sorted skill names and where they were read from.
@@ -395,16 +395,12 @@ def designed_gap_skills(student: Path | None = None, mix: Mapping[str, float] | 
         recorded = json.loads(manifest.read_text()).get("config", {})
         if isinstance(recorded, dict) and ("gaps" in recorded or "mix" in recorded):
             found, source = recorded, f"{manifest} (pretraining config)"
-    if found is None and mix is not None:
-        found, source = dict(mix), "the run config's pretraining config"
+    if found is None and pretrain is not None:
+        found, source = pretrain, "the run config's pretraining config"
     if found is None:
         found, source = {"gaps": list(DEFAULT_GAPS)}, "the default pretraining config (the student records none)"
-    if "gaps" in found or "mix" in found:
-        gaps = set(found.get("gaps") or ())
-        weights = found.get("mix") or {}
-    else:  # a bare mix
-        gaps, weights = set(), found
-    gaps |= {s for s, w in weights.items() if s in SKILL_NAMES and float(w) < 1.0}
+    gaps = set(found.get("gaps") or ())
+    gaps |= {s for s, w in (found.get("mix") or {}).items() if float(w) < 1.0}
     return sorted(s for s in gaps if s in SKILL_NAMES), source
 
 
