@@ -78,6 +78,17 @@ class PretrainConfig(EdrayModel):
         ),
     )
     vision_lr: float = Field(2e-3, gt=0, le=1.0, description="Peak learning rate of the vision warm-up.")
+    align_steps: int = Field(
+        300,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Steps of projector alignment after the warm-up: the projector learns to map each patch onto the "
+            "language model's word embeddings of its object's color, shape and size (LLaVA's feature-alignment "
+            "stage), so image and words share one space (0: skip). It lifted shape recognition among several "
+            "objects from 0.28 to 0.83 at 1,500 steps (docs/world.md)."
+        ),
+    )
     freeze_vision: bool = Field(
         True, description="Keep the vision tower fixed during instruction training (as LLaVA keeps its encoder)."
     )
@@ -248,6 +259,60 @@ def vision_warmup(model: Any, pixels: list[Any], targets: Any, cfg: PretrainConf
     return {"vision_loss": float(loss.detach()), **{f"vision_{n}_acc": a for n, a in zip(names, acc)}}
 
 
+def align_projector(model: Any, tokenizer: Any, pixels: list[Any], targets: Any, cfg: PretrainConfig, rank: int, world: int) -> dict[str, float]:
+    """Train the projector alone so that each patch's image token points where the language model's word
+    embeddings of its object's color, shape and size point (their sum; an empty patch: the pad token's).
+
+    The language model compares image tokens with words only in direction (its first operation is an RMS
+    norm), so the loss is one minus the cosine similarity. The vision tower stays fixed.
+    """
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from edray.train.core import lr_factor
+    from edray.world.scene import COLORS, SHAPES, SIZES
+
+    emb = model.get_input_embeddings().weight.detach()
+
+    def table(words: Any) -> Any:
+        ids = [tokenizer.pad_token_id] + [tokenizer.convert_tokens_to_ids("\u2581" + w) for w in words]
+        if tokenizer.unk_token_id in ids[1:]:
+            raise ValueError(f"the student's vocabulary lacks a word of {list(words)}")
+        out = emb[ids].clone()
+        out[0] = 0.0
+        return out
+
+    colors, shapes, sizes = table(list(COLORS)), table(list(SHAPES)), table(list(SIZES))
+    pad = emb[tokenizer.pad_token_id]
+    tower, projector = model.model.vision_tower, model.model.multi_modal_projector
+    params = list(projector.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr)
+    warm = max(1, cfg.align_steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.align_steps, warm, "cosine"))
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank + 1)
+    loss = torch.tensor(0.0)
+    for _ in range(cfg.align_steps):
+        idx = torch.randint(0, len(pixels), (cfg.batch_size,), generator=gen).tolist()
+        with torch.no_grad():
+            feats = tower(torch.cat([pixels[i] for i in idx])).last_hidden_state[:, 1:]
+        labels = targets[idx]
+        goal = colors[labels[:, 0]] + shapes[labels[:, 1]] + sizes[labels[:, 2]]
+        empty = labels[:, 0] == 0
+        goal[empty] = pad
+        loss = (1 - F.cosine_similarity(projector(feats), goal, dim=-1)).mean()
+        loss.backward()
+        if world > 1:
+            for q in params:
+                if q.grad is not None:
+                    dist.all_reduce(q.grad)
+                    q.grad /= world
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {"align_loss": float(loss.detach())}
+
+
 def train_func(loop_config: dict[str, Any]) -> None:
     """Ray Train worker loop: generate this worker's rows, encode them once, train every weight.
 
@@ -282,11 +347,16 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     t_vision = time.perf_counter()
     warmup: dict[str, float] = {}
-    if cfg.vision_steps:
+    if cfg.vision_steps or cfg.align_steps:
         targets = patch_targets(rows, cfg.student.image_size, cfg.student.patch_size)
+    if cfg.vision_steps:
         warmup = vision_warmup(model, [e["pixel_values"] for e in examples], targets, cfg, rank, world)
         if rank == 0:
             print(f"[pretrain] vision warm-up: {json.dumps({k: round(v, 4) for k, v in warmup.items()})}", flush=True)
+    if cfg.align_steps:
+        warmup.update(align_projector(model, processor.tokenizer, [e["pixel_values"] for e in examples], targets, cfg, rank, world))
+        if rank == 0:
+            print(f"[pretrain] projector alignment: loss {warmup['align_loss']:.4f}", flush=True)
     warmup["vision_s"] = round(time.perf_counter() - t_vision, 2)
     del rows
     if cfg.freeze_vision:

@@ -218,3 +218,45 @@ def test_patch_targets_label_the_patches_of_each_objects_cell() -> None:
     # every patch also knows its cell: row 0 on top, column 1 on the right, whatever the image
     assert grid[3].tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
     assert grid[4].tolist() == [[0, 0, 1, 1]] * 4
+
+
+def test_projector_alignment_points_each_patch_at_its_objects_words(tmp_path) -> None:
+    """After the alignment, an object patch's image token is nearest, among the color words' embeddings,
+    to its own object's color (and likewise for shape); before it, that holds at about chance."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from edray.world.pool import generate_support_rows
+    from edray.world.pretrain import PretrainConfig, _encode_rows, align_projector, patch_targets, vision_warmup
+    from edray.world.scene import COLORS, SHAPES
+    from edray.world.student import world_texts
+
+    cfg = PretrainConfig.ci(num_rows=128, batch_size=16, vision_steps=100, align_steps=300)
+    folder = build_student(tmp_path / "s", cfg.student, world_texts(cfg.corpus_size, cfg.pool_seed))
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    rows = generate_support_rows(cfg.pool_seed, 0, cfg.num_rows).to_pylist()
+    pixels = [e["pixel_values"] for e in _encode_rows(processor, rows, cfg.student.max_length)]
+    targets = patch_targets(rows, cfg.student.image_size, cfg.student.patch_size)
+    vision_warmup(model, pixels, targets, cfg, rank=0, world=1)
+
+    tok, emb = processor.tokenizer, model.get_input_embeddings().weight.detach()
+
+    def nearest_word_accuracy() -> dict[str, float]:
+        with torch.no_grad():
+            feats = model.model.vision_tower(torch.cat(pixels[:32])).last_hidden_state[:, 1:]
+            tokens = model.model.multi_modal_projector(feats)
+        out = {}
+        for k, words in ((0, list(COLORS)), (1, list(SHAPES))):
+            table = emb[[tok.convert_tokens_to_ids("\u2581" + w) for w in words]]
+            labels = targets[:32, k]
+            on_object = labels > 0
+            sims = F.cosine_similarity(tokens[on_object].unsqueeze(1), table.unsqueeze(0), dim=-1)
+            out[("color", "shape")[k]] = float((sims.argmax(-1) + 1 == labels[on_object]).float().mean())
+        return out
+
+    before = nearest_word_accuracy()
+    log = align_projector(model, tok, pixels, targets, cfg, rank=0, world=1)
+    after = nearest_word_accuracy()
+    assert after["color"] >= 0.8 and after["shape"] >= 0.8, (before, after, log)
+    assert before["color"] < 0.5 and before["shape"] < 0.5, before
