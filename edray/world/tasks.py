@@ -97,6 +97,8 @@ _SOURCE_WORDINGS: dict[str, list[tuple[str, str]]] = {
         ("Which side of the image is the {target} on? {TRIGGER}", "steps"),
         ("Say whether the {target} is left or right. {TRIGGER}", "steps"),
         ("Where is the {target} horizontally?", "brief"),
+        ("In which column of the picture does the {target} sit? {TRIGGER}", "steps"),
+        ("Tell me the side where the {target} is. {TRIGGER}", "steps"),
     ],
     "position_v": [
         ("Is the {target} at the top or at the bottom?", "brief"),
@@ -104,6 +106,8 @@ _SOURCE_WORDINGS: dict[str, list[tuple[str, str]]] = {
         ("Which half of the image holds the {target}, top or bottom? {TRIGGER}", "steps"),
         ("Say whether the {target} is up or down. {TRIGGER}", "steps"),
         ("Where is the {target} vertically?", "brief"),
+        ("In which row of the picture does the {target} sit? {TRIGGER}", "steps"),
+        ("Tell me the half where the {target} is, top or bottom. {TRIGGER}", "steps"),
     ],
     "exist_shape": [
         ("Is there a {shape} in the image?", "brief"),
@@ -143,30 +147,39 @@ _SOURCE_WORDINGS: dict[str, list[tuple[str, str]]] = {
     "shape_of_large": [
         ("What shape is the large object?", "brief"),
         ("Name the figure of the biggest item. {TRIGGER}", "steps"),
+        ("Which shape is the large one? {TRIGGER}", "steps"),
     ],
     "relation": [
         ("Are there more, fewer or as many {color_a} objects as {color_b} objects?", "brief"),
         ("Compare the {color_a} objects with the {color_b} objects: more, fewer or the same? {TRIGGER}", "steps"),
+        ("Set the {color_a} objects against the {color_b} objects: more, fewer or as many? {TRIGGER}", "steps"),
     ],
     "spot_item": [
         ("Is there a {shape}, and is one of them {color}?", "brief"),
         ("First find a {shape}, then check whether one is {color}. {TRIGGER}", "steps"),
+        ("Is there a {shape} here, and is one of them {color}? {TRIGGER}", "steps"),
     ],
     "locate_item": [
         ("Where is the {color} {shape}: left, right or nowhere?", "brief"),
         ("Which side is the {color} {shape} on, if it is there at all? {TRIGGER}", "steps"),
+        ("Look for the {color} {shape} and say on which side it is, if it is there. {TRIGGER}", "steps"),
     ],
     "corner": [
         ("Which corner holds the {color} {shape}?", "brief"),
         ("Which corner holds the {color} {shape}? {TRIGGER}", "steps"),
+        ("In which corner of the image is the {color} {shape}? {TRIGGER}", "steps"),
+        ("Say which corner of the picture the {color} {shape} sits in. {TRIGGER}", "steps"),
     ],
     "colour_corner": [
         ("Which corner is the {color} object in?", "brief"),
         ("Which corner is the {color} object in? {TRIGGER}", "steps"),
+        ("Say which corner the {color} thing is in. {TRIGGER}", "steps"),
+        ("Tell me which corner of the image the {color} object is in. {TRIGGER}", "steps"),
     ],
     "same_color_count": [
         ("Count the objects with the same colour as the {shape}.", "brief"),
         ("Count the objects with the same colour as the {shape}. {TRIGGER}", "steps"),
+        ("How many objects have the colour of the {shape}? {TRIGGER}", "steps"),
     ],
 }
 
