@@ -211,6 +211,20 @@ def patch_targets(rows: list[dict[str, Any]], image_size: int, patch_size: int) 
     return out.view(len(rows), 5, side * side)
 
 
+def _averaged_step(params: list[Any], optimizer: Any, scheduler: Any, world: int) -> None:
+    """One optimizer step of a warm-up phase, gradients averaged across workers so replicas stay equal."""
+    import torch.distributed as dist
+
+    if world > 1:
+        for q in params:
+            if q.grad is not None:
+                dist.all_reduce(q.grad)
+                q.grad /= world
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def vision_warmup(model: Any, pixels: list[Any], targets: Any, cfg: PretrainConfig, rank: int, world: int) -> dict[str, float]:
     """Train the vision tower to name the object under each patch and the patch's cell (linear heads, dropped after).
 
@@ -220,7 +234,6 @@ def vision_warmup(model: Any, pixels: list[Any], targets: Any, cfg: PretrainConf
         The final loss and per-attribute patch accuracy on the last batch.
     """
     import torch
-    import torch.distributed as dist
     import torch.nn.functional as F
 
     from edray.train.core import lr_factor
@@ -245,14 +258,7 @@ def vision_warmup(model: Any, pixels: list[Any], targets: Any, cfg: PretrainConf
         logits = [head(feats) for head in heads]
         loss = sum(F.cross_entropy(lg.reshape(-1, lg.size(-1)), labels[:, k].reshape(-1)) for k, lg in enumerate(logits))
         loss.backward()
-        if world > 1:
-            for q in params:
-                if q.grad is not None:
-                    dist.all_reduce(q.grad)
-                    q.grad /= world
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        _averaged_step(params, optimizer, scheduler, world)
     if cfg.vision_steps:
         acc = [float((lg.argmax(-1) == labels[:, k]).float().mean()) for k, lg in enumerate(logits)]
     names = ("color", "shape", "size", "row", "column")
@@ -269,7 +275,6 @@ def align_projector(model: Any, tokenizer: Any, pixels: list[Any], targets: Any,
     patches are left free and add a constant (their share, about 0.4) to the reported loss.
     """
     import torch
-    import torch.distributed as dist
     import torch.nn.functional as F
 
     from edray.train.core import lr_factor
@@ -304,14 +309,7 @@ def align_projector(model: Any, tokenizer: Any, pixels: list[Any], targets: Any,
         goal[empty] = pad
         loss = (1 - F.cosine_similarity(projector(feats), goal, dim=-1)).mean()
         loss.backward()
-        if world > 1:
-            for q in params:
-                if q.grad is not None:
-                    dist.all_reduce(q.grad)
-                    q.grad /= world
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        _averaged_step(params, optimizer, scheduler, world)
     return {"align_loss": float(loss.detach())}
 
 
