@@ -271,8 +271,9 @@ def align_projector(model: Any, tokenizer: Any, pixels: list[Any], targets: Any,
 
     The language model compares image tokens with words only in direction (its first operation is an RMS
     norm), so the loss is one minus the cosine similarity. The vision tower stays fixed. An empty patch's
-    target is the pad token's embedding, which is zero: its cosine is 0 and carries no gradient, so empty
-    patches are left free and add a constant (their share, about 0.4) to the reported loss.
+    labels are all 0, whose rows in the word tables are zero, so its target is zero: its cosine is 0 and
+    carries no gradient, so empty patches are left free and add a constant (their share, about 0.4) to the
+    reported loss.
     """
     import torch
     import torch.nn.functional as F
@@ -291,7 +292,6 @@ def align_projector(model: Any, tokenizer: Any, pixels: list[Any], targets: Any,
         return out
 
     colors, shapes, sizes = table(list(COLORS)), table(list(SHAPES)), table(list(SIZES))
-    pad = emb[tokenizer.pad_token_id]
     tower, projector = model.model.vision_tower, model.model.multi_modal_projector
     params = list(projector.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr)
@@ -305,8 +305,6 @@ def align_projector(model: Any, tokenizer: Any, pixels: list[Any], targets: Any,
             feats = tower(torch.cat([pixels[i] for i in idx])).last_hidden_state[:, 1:]
         labels = targets[idx]
         goal = colors[labels[:, 0]] + shapes[labels[:, 1]] + sizes[labels[:, 2]]
-        empty = labels[:, 0] == 0
-        goal[empty] = pad
         loss = (1 - F.cosine_similarity(projector(feats), goal, dim=-1)).mean()
         loss.backward()
         _averaged_step(params, optimizer, scheduler, world)

@@ -169,12 +169,17 @@ _SOURCE_WORDINGS: dict[str, list[tuple[str, str]]] = {
         ("Which corner holds the {color} {shape}? {TRIGGER}", "steps"),
         ("In which corner of the image is the {color} {shape}? {TRIGGER}", "steps"),
         ("Say which corner of the picture the {color} {shape} sits in. {TRIGGER}", "steps"),
+        ("Which corner of the image is the {color} {shape} in? {TRIGGER}", "steps"),
+        ("Name the corner that holds the {color} {shape}. {TRIGGER}", "steps"),
+        ("Where is the {color} {shape}: in which corner? {TRIGGER}", "steps"),
     ],
     "colour_corner": [
         ("Which corner is the {color} object in?", "brief"),
         ("Which corner is the {color} object in? {TRIGGER}", "steps"),
         ("Say which corner the {color} thing is in. {TRIGGER}", "steps"),
         ("Tell me which corner of the image the {color} object is in. {TRIGGER}", "steps"),
+        ("Say in which corner the {color} item lies. {TRIGGER}", "steps"),
+        ("Name the corner that holds the {color} item. {TRIGGER}", "steps"),
     ],
     "same_color_count": [
         ("Count the objects with the same colour as the {shape}.", "brief"),
