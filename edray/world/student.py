@@ -188,6 +188,11 @@ def build_processor(cfg: StudentConfig, tokenizer: Any) -> Any:
 
     Each ``<image>`` in the prompt expands to ``cfg.image_tokens`` image tokens (the CLS output of the
     vision tower is dropped, as in LLaVA's ``default`` feature strategy).
+
+    Pixels are scaled to [0, 1] (mean 0, std 1) rather than CLIP-normalised. ``AutoProcessor`` loads the
+    torchvision backend where torchvision is installed and the PIL one where it is not, and the two
+    normalise with different float arithmetic; with mean 0 and std 1 both compute exactly ``x / 255``,
+    so the pixel values, and the student a seed pretrains, are the same in every install.
     """
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -198,6 +203,8 @@ def build_processor(cfg: StudentConfig, tokenizer: Any) -> Any:
         crop_size={"height": side, "width": side},
         do_center_crop=True,
         do_convert_rgb=True,
+        image_mean=[0.0, 0.0, 0.0],
+        image_std=[1.0, 1.0, 1.0],
     )
     return LlavaProcessor(
         image_processor=image_processor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -260,3 +261,20 @@ def test_projector_alignment_points_each_patch_at_its_objects_words(tmp_path) ->
     after = nearest_word_accuracy()
     assert after["color"] >= 0.8 and after["shape"] >= 0.8, (before, after, log)
     assert before["color"] < 0.5 and before["shape"] < 0.5, before
+
+
+def test_saved_processor_gives_the_same_pixels_on_either_backend(tiny_dir):
+    """``AutoProcessor`` picks the torchvision backend where torchvision is installed and the PIL one where
+    it is not; the student's pixel values (and so the student a seed pretrains) must not depend on it."""
+    pytest.importorskip("torchvision")
+    from transformers import AutoImageProcessor
+
+    ramp = Image.fromarray((np.arange(32 * 32 * 3) % 256).astype(np.uint8).reshape(32, 32, 3))
+    images = [ramp, Image.open(io.BytesIO(_png((200, 30, 90))))]
+    torchvision_side = AutoImageProcessor.from_pretrained(tiny_dir, backend="torchvision")
+    pil_side = AutoImageProcessor.from_pretrained(tiny_dir, backend="pil")
+    assert type(torchvision_side) is not type(pil_side)
+    a = torchvision_side(images=images, return_tensors="np")["pixel_values"]
+    b = pil_side(images=images, return_tensors="np")["pixel_values"]
+    assert a.shape == b.shape == (2, 3, 32, 32)
+    assert np.array_equal(a, b)

@@ -124,3 +124,30 @@ def test_identify_task_recognizes_every_wording() -> None:
             s = make_eval_sample(random.Random(t.name), t.name, cfg, form=form)
             assert identify_task(s.prompt) == t.name
     assert identify_task("What is the capital of France?") is None
+
+
+def test_target_wordings_read_closest_to_their_own_kind_and_use_trained_words() -> None:
+    """A target worded one word away from a one-step source task (``In which row of the picture does the
+    ... sit?`` against ``In which corner of the picture does the ... sit?``) let some pretrainings answer
+    the target with that task's single step. Every target's nearest source wording must be of its own kind,
+    and every word of a target's question must occur in the source prompts (else its embedding never
+    trains)."""
+    import difflib
+
+    from edray.world.skills import split_words
+
+    def words(template: str) -> list[str]:
+        return split_words(template.lower())
+
+    for t in TARGET_TASKS:
+        ranked = sorted(SOURCE_TASKS, key=lambda s: difflib.SequenceMatcher(None, words(t.template), words(s.template)).ratio())
+        assert ranked[-1].kind == t.kind, (t.name, ranked[-1].name)
+    cfg = SceneConfig()
+    seen: set[str] = set()
+    for i in range(20 * len(SOURCE_TASKS)):
+        seen.update(split_words(make_support_sample(random.Random(i), SOURCE_TASKS[i % len(SOURCE_TASKS)], cfg).prompt))
+    for t in TARGET_TASKS:
+        asked = set()
+        for i in range(40):
+            asked.update(split_words(make_eval_sample(random.Random(i), t.name, cfg, form="auto").prompt))
+        assert not asked - seen, (t.name, sorted(asked - seen))
