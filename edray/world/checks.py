@@ -278,8 +278,15 @@ def check_headroom(
                 if p["model"] == m and p["suite"] == "target" and (keep is None or p["task"] == keep)}
             for m in (oracle_model, random_model)
         }
-        if set(by[oracle_model]) & set(by[random_model]):
+        shared = set(by[oracle_model]) & set(by[random_model])
+        if shared:
             boot = paired_bootstrap(by[oracle_model], by[random_model], seed=seed)
+            # The point estimate on the items of the interval: a random arm evaluated on several target
+            # tasks has an overall score over all of them, the oracle only on the run's task.
+            oracle = sum(by[oracle_model][k] for k in shared) / len(shared)
+            rand = sum(by[random_model][k] for k in shared) / len(shared)
+            diff = oracle - rand
+            measured.update(oracle=oracle, random=rand, difference=_round(diff))
             measured["ci95"] = [_round(boot.low), _round(boot.high)]
             measured["n"] = boot.n
             ci = f", 95 % CI [{boot.low * 100:+.1f}, {boot.high * 100:+.1f}] over {boot.n} items"

@@ -126,6 +126,29 @@ def test_headroom_fails_or_is_not_measured(check_run, results, tmp_path: Path) -
     assert missing.status == "not_measured" and "nobody" in missing.explanation
 
 
+def test_headroom_compares_both_arms_on_the_runs_task(check_run, results, tmp_path: Path) -> None:
+    """A random arm evaluated on every target task has an overall target score over all of them; the
+    oracle is evaluated on the run's task only. The difference must be taken on the same task."""
+    from edray.schemas import EVAL_PREDICTIONS, EVAL_PREDICTIONS_SCHEMA
+
+    _, inputs, _ = results
+    ev = inputs["evaluate_dir"]
+    preds = pq.read_table(ev / EVAL_PREDICTIONS).to_pylist()
+    extra = [dict(p, task="other_task", id=f"other-{p['id']}", correct=False)
+             for p in preds if p["model"] == "random" and p["suite"] == "target"]
+    scores = pq.read_table(ev / EVAL_SCORES).to_pylist()
+    for s in scores:  # the random arm's overall target score now averages in a task it fails entirely
+        if s["model"] == "random" and s["suite"] == "target" and s["task"] == "*" and s["skill"] == "*":
+            s["accuracy"] = RANDOM_ACC / 2
+    (tmp_path / "ev").mkdir()
+    pq.write_table(pa.Table.from_pylist(preds + extra, schema=EVAL_PREDICTIONS_SCHEMA), tmp_path / "ev" / EVAL_PREDICTIONS)
+    pq.write_table(pa.Table.from_pylist(scores, schema=EVAL_SCORES_SCHEMA), tmp_path / "ev" / EVAL_SCORES)
+    got = checks.check_headroom(tmp_path / "ev", "oracle", "random")
+    assert got.measured["random"] == pytest.approx(RANDOM_ACC)
+    assert got.measured["difference"] == pytest.approx(ORACLE_ACC - RANDOM_ACC)
+    assert got.measured["ci95"][0] < got.measured["difference"] < got.measured["ci95"][1]
+
+
 def test_student_gaps_fail_when_a_gap_is_learned(check_run, results, tmp_path: Path) -> None:
     _, inputs, _ = results
     scores = pq.read_table(inputs["evaluate_dir"] / EVAL_SCORES).to_pylist()
