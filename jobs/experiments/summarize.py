@@ -448,8 +448,9 @@ CSV_COLUMNS = ["task", "strategy", "budget_share", "seed", "update", "target_acc
 
 
 def build(res: Results, out: Path, docs_rel: str, runs: Sequence[Path], gap_tasks: Sequence[str] = GAP_TASKS,
-          controls: Sequence[str] = CONTROL_TASKS) -> str:  # fmt: skip
-    """Write ``arms.csv`` into ``out`` and return the markdown of the generated block."""
+          controls: Sequence[str] = CONTROL_TASKS, ablation_budget: float = ABLATION_BUDGET) -> str:  # fmt: skip
+    """Write ``arms.csv`` into ``out`` and return the markdown of the generated block (the ablations compared at
+    ``ablation_budget``, a share of the pool)."""
     out.mkdir(parents=True, exist_ok=True)
     res.arms.reindex(columns=CSV_COLUMNS).sort_values(["task", "strategy", "budget_share", "seed", "run", "model"]).to_csv(
         out / "arms.csv", index=False
@@ -476,9 +477,9 @@ def build(res: Results, out: Path, docs_rel: str, runs: Sequence[Path], gap_task
         "",
         retention_table(res),
         "",
-        f"### Ablations (gap tasks, {_budget_label(ABLATION_BUDGET)} budget)",
+        f"### Ablations (gap tasks, {_budget_label(ablation_budget)} budget)",
         "",
-        ablation_table(res, gap_tasks),
+        ablation_table(res, gap_tasks, ablation_budget),
         "",
     ]
     upd = update_table(res, gap_tasks)
@@ -503,13 +504,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for arms.csv")
     parser.add_argument("--gap-tasks", default=",".join(GAP_TASKS), help="comma-separated gap tasks (macro row, headline)")
     parser.add_argument("--controls", default=",".join(CONTROL_TASKS), help="comma-separated control tasks")
+    parser.add_argument("--ablation-budget", type=float, default=ABLATION_BUDGET,
+                        help=f"share of the pool at which the ablation table compares its arms (default {ABLATION_BUDGET})")
     args = parser.parse_args()
     for r in args.runs:
         if not (r / "run_config.json").is_file() or not (r / "round_0" / "evaluate" / "_SUCCESS").is_file():
             parser.error(f"{r}: not a finished run (needs run_config.json and round_0/evaluate/_SUCCESS)")
     # links in the markdown are relative to the markdown file, wherever the output folder is
     rel = os.path.relpath(args.out.resolve(), args.doc.resolve().parent)
-    body = build(read_runs(args.runs), args.out, rel, args.runs, args.gap_tasks.split(","), args.controls.split(","))
+    body = build(read_runs(args.runs), args.out, rel, args.runs, args.gap_tasks.split(","), args.controls.split(","),
+                 args.ablation_budget)
     text = args.doc.read_text() if args.doc.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"

@@ -123,3 +123,14 @@ def test_ablation_and_retention_tables_name_each_variant_once(summarize) -> None
     retention = summarize.retention_table(res)
     assert "| error_driven | full | 5 % | 15 |" in retention and "| error_driven | lora | 5 % | 5 |" in retention
     assert "| random | full | 5 % | 5 |" in retention and "| random | full | 2 % | 5 |" in retention
+
+
+def test_build_compares_the_ablations_at_the_budget_it_is_given(summarize, tmp_path) -> None:
+    res = _results(summarize)
+    res.arms["wall_s"] = 10.0
+    # the raw-step decoys (g1 only) sit at 5 %: the default 2 % table has neither them nor the method, the 5 % one both
+    at_two = summarize.build(res, tmp_path / "a", "results", [Path("run-g1")], ("g1",), CONTROLS)
+    at_five = summarize.build(res, tmp_path / "b", "results", [Path("run-g1")], ("g1",), CONTROLS, ablation_budget=0.05)
+    block = at_five.split("### Ablations (gap tasks, 5 % budget)")[1].split("###")[0]
+    assert "raw erroneous step" in block and "the method" in block
+    assert "raw erroneous step" not in at_two.split("### Ablations (gap tasks, 2 % budget)")[1].split("###")[0]

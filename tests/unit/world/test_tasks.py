@@ -140,8 +140,8 @@ def test_target_wordings_read_closest_to_their_own_kind_and_use_trained_words() 
         return split_words(template.lower())
 
     for t in TARGET_TASKS:
-        ranked = sorted(SOURCE_TASKS, key=lambda s: difflib.SequenceMatcher(None, words(t.template), words(s.template)).ratio())
-        assert ranked[-1].kind == t.kind, (t.name, ranked[-1].name)
+        nearest = max(SOURCE_TASKS, key=lambda s: difflib.SequenceMatcher(None, words(t.template), words(s.template)).ratio())
+        assert nearest.kind == t.kind, (t.name, nearest.name)
     cfg = SceneConfig()
     seen: set[str] = set()
     for i in range(20 * len(SOURCE_TASKS)):
