@@ -221,6 +221,9 @@ def check_selection_precision(
 ) -> CheckResult:
     """(d) Precision@budget of every error-driven selection; random selections against the pool share.
 
+    Only the method's error-driven selections (queried by skill) are held to the bar; an ablation that
+    queries by the raw erroneous step is measured and reported beside them, not judged.
+
     Args:
         selections: arm name -> a folder holding its ``selection.parquet``.
         pool_truth: pool id -> true skills.
@@ -233,9 +236,10 @@ def check_selection_precision(
         a["precision"] = _round(a["precision"])
         a["budget_share"] = _round(a["selected"] / len(pool_truth)) if pool_truth else None
     measured: dict[str, Any] = {"pool_gap_share": _round(share), "pool_rows": len(pool_truth), "gap_skills": sorted(gap_skills), "arms": arms}
-    driven = {n: a for n, a in arms.items() if a["strategy"] == "error_driven"}
+    driven = {n: a for n, a in arms.items() if a["strategy"] == "error_driven" and a.get("query") in (None, "skill")}
     if not driven:
-        return CheckResult("d", "selection_precision", measured, threshold, NOT_MEASURED, "no error-driven selection among the arms")
+        return CheckResult("d", "selection_precision", measured, threshold, NOT_MEASURED,
+                           "no error-driven selection queried by skill among the arms")
     problems = [f"{n} {a['precision']:.2f}" for n, a in driven.items() if a["precision"] < PRECISION_MIN]
     for n, a in arms.items():
         if a["strategy"] == "random" and a["targeted"]:
@@ -244,7 +248,12 @@ def check_selection_precision(
                 problems.append(f"random arm {n} {a['precision']:.2f} is not about the pool share {share:.3f}")
     if problems:
         return CheckResult("d", "selection_precision", measured, threshold, FAIL, "too low or off: " + "; ".join(problems))
-    line = ", ".join(f"{n} {a['precision']:.2f} (budget {a['selected']}, {a['budget_share']:.1%} of the pool)" for n, a in arms.items())
+    def describe(name: str, a: Mapping[str, Any]) -> str:
+        ablation = a["strategy"] == "error_driven" and name not in driven
+        note = f", {a.get('query')} query, not judged" if ablation else ""
+        return f"{name} {a['precision']:.2f} (budget {a['selected']}, {a['budget_share']:.1%} of the pool{note})"
+
+    line = ", ".join(describe(n, a) for n, a in arms.items())
     return CheckResult("d", "selection_precision", measured, threshold, PASS, f"{line}; pool gap share {share:.3f}")
 
 

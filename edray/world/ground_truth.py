@@ -8,6 +8,7 @@ reports them, and :mod:`edray.world.checks` turns them into the checks a world r
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -150,7 +151,8 @@ def precision_at_budget(select_dir: Path, pool_truth: Mapping[str, list[str]], g
         gap_skills: the gap skills that count as hits.
 
     Returns:
-        ``strategy`` (the selection's strategy column, ``mixed`` if several), ``selected``,
+        ``strategy`` (the selection's strategy column, ``mixed`` if several), ``query`` (what the select
+        stage's manifest says it queried with, ``skill`` or ``step``; None without a manifest), ``selected``,
         ``targeted``, ``replay``, ``shortfall``, ``gap_rows`` (targeted rows with a gap skill),
         ``precision`` (``gap_rows / targeted``), ``per_skill`` (gap skill -> targeted rows exercising
         it) and ``unknown`` (ids missing from ``pool_truth``, counted as misses).
@@ -171,6 +173,7 @@ def precision_at_budget(select_dir: Path, pool_truth: Mapping[str, list[str]], g
     strategies = {r["strategy"] for r in rows}
     return {
         "strategy": strategies.pop() if len(strategies) == 1 else ("mixed" if strategies else None),
+        "query": _selection_query(Path(select_dir)),
         "selected": len(rows),
         "targeted": len(targeted),
         "replay": len(rows) - len(targeted),
@@ -180,6 +183,13 @@ def precision_at_budget(select_dir: Path, pool_truth: Mapping[str, list[str]], g
         "per_skill": {s: per_skill[s] for s in sorted(gaps)},
         "unknown": unknown,
     }
+
+
+def _selection_query(select_dir: Path) -> str | None:
+    try:
+        return json.loads((select_dir / "manifest.json").read_text()).get("config", {}).get("query")
+    except (OSError, ValueError):
+        return None
 
 
 def gap_share(pool_truth: Mapping[str, list[str]], gap_skills: Collection[str]) -> float:

@@ -178,3 +178,26 @@ def test_gap_skills_come_from_the_student_manifest(tmp_path: Path) -> None:
     assert checks.designed_gap_skills(tmp_path)[0] == ["vertical_position"]
     skills, source = checks.designed_gap_skills(tmp_path / "none")
     assert skills == ["attribute_binding", "count_comparison", "vertical_position"] and "default" in source
+
+
+def test_precision_judges_the_skill_query_and_reports_the_raw_step_ablation(check_run, results, tmp_path: Path) -> None:
+    _, inputs, _ = results
+    truth = pool_skill_truth(inputs["pool"])
+    gap = sorted(i for i, s in truth.items() if set(s) & set(GAPS))[:10]
+    other = sorted(i for i, s in truth.items() if not set(s) & set(GAPS))[:10]
+
+    def selection(name: str, ids: list[str], query: str) -> Path:
+        rows = [{"id": i, "source": "pool", "strategy": "error_driven", "round": 0, "gap_id": 0, "skill": "x", "error_ids": [],
+                 "query": "x", "retrieval_mode": "bm25", "score": 1.0, "rank": 1} for i in ids]  # fmt: skip
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.Table.from_pylist(rows, schema=SELECTION_SCHEMA), tmp_path / name / SELECTION)
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"config": {"query": query}}))
+        return tmp_path / name
+
+    method, raw = selection("method", gap, "skill"), selection("raw", other, "step")
+    got = checks.check_selection_precision({"ed": method, "ed-step": raw}, truth, GAPS)
+    assert got.status == "pass", got.explanation
+    assert got.measured["arms"]["ed-step"] | {"precision": 0.0, "query": "step"} == got.measured["arms"]["ed-step"]
+    assert got.measured["arms"]["ed"]["query"] == "skill" and got.measured["arms"]["ed"]["precision"] == 1.0
+    # the ablation alone is not the method: nothing to judge
+    assert checks.check_selection_precision({"ed-step": raw}, truth, GAPS).status == "not_measured"
