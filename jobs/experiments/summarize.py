@@ -339,6 +339,38 @@ def versus_full(res: Results, gap_tasks: Sequence[str], controls: Sequence[str],
     return _md(header, rows)
 
 
+def versus_insta(res: Results, gap_tasks: Sequence[str], controls: Sequence[str]) -> str:
+    """Error-driven minus INSTA-style selection at every budget both were run at: per task and macro over the gap
+    tasks and the controls, paired bootstrap 95 % CI over seed and item ("" when no budget has both)."""
+    arms, items = res.arms, res.items
+    update, mode = main_setting(arms)
+
+    def shares(strategy: str) -> set[float]:
+        return set(arms[arms.strategy == strategy].budget_share.dropna().unique())
+
+    budgets = sorted(shares("error_driven") & shares("insta"))
+    if not budgets:
+        return ""
+    gaps, ctrl, other = _tasks(arms, gap_tasks, controls)
+    rows = []
+    for task in gaps + ctrl + other:
+        row = [task]
+        for b in budgets:
+            ed = outcomes(cell_arms(arms, task, "error_driven", b, update, mode), items)
+            insta = outcomes(cell_arms(arms, task, "insta", b, update, mode), items)
+            row.append(fmt_diff(ed, insta)[0])
+        rows.append(row)
+    for label, tasks in ((f"macro: gap tasks ({len(gaps)})", gaps), (f"macro: controls ({len(ctrl)})", ctrl)):
+        if tasks:
+            row = [label]
+            for b in budgets:
+                ed = macro(arms, items, tasks, "error_driven", b, update, mode)
+                insta = macro(arms, items, tasks, "insta", b, update, mode)
+                row.append(fmt_diff(ed, insta)[0] if ed and insta else "–")
+            rows.append(row)
+    return _md(["task"] + [f"error-driven − INSTA-style {_budget_label(b)} [CI]" for b in budgets], rows)
+
+
 def t_interval(values: Sequence[float]) -> str:
     v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
@@ -473,6 +505,11 @@ def build(res: Results, out: Path, docs_rel: str, runs: Sequence[Path], gap_task
         "",
         versus_full(res, gap_tasks, controls),
         "",
+    ]
+    insta = versus_insta(res, gap_tasks, controls)
+    if insta:
+        parts += ["### Error-driven against INSTA-style selection", "", insta, ""]
+    parts += [
         "### Retention (general suite, relative to the base student)",
         "",
         retention_table(res),

@@ -134,3 +134,26 @@ def test_build_compares_the_ablations_at_the_budget_it_is_given(summarize, tmp_p
     block = at_five.split("### Ablations (gap tasks, 5 % budget)")[1].split("###")[0]
     assert "raw erroneous step" in block and "the method" in block
     assert "raw erroneous step" not in at_two.split("### Ablations (gap tasks, 2 % budget)")[1].split("###")[0]
+
+
+def test_error_driven_against_insta_is_paired_per_task_and_macro(summarize) -> None:
+    res = _results(summarize, decoys=False)
+    assert summarize.versus_insta(res, GAPS, CONTROLS) == ""  # no INSTA arm: no table
+    rng = np.random.default_rng(1)
+    arms, items = [res.arms], [res.items]
+    for task in GAPS:
+        for s in SEEDS:
+            arm = _arm(f"run-{task}", f"insta-s{s}", task, task, "insta", 0.05, s)
+            correct = rng.random(N_ITEMS) < 0.5  # error-driven is 0.7 on the gap tasks: the difference is +20
+            arm["target_accuracy"] = correct.mean()
+            arms.append(pd.DataFrame([arm]))
+            items.append(pd.DataFrame({"run": arm["run"], "model": arm["model"], "task": task,
+                                       "id": [f"{task}-{i}" for i in range(N_ITEMS)], "correct": correct}))  # fmt: skip
+    res = summarize.Results(pd.concat(arms, ignore_index=True), pd.concat(items, ignore_index=True), res.checks)
+    table = summarize.versus_insta(res, GAPS, CONTROLS)
+    rows = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in table.splitlines()[2:]}
+    for task in GAPS:
+        mean, low, high = (float(x) for x in rows[task].replace("[", "").replace("]", "").replace(",", "").split())
+        assert low < mean < high and mean == pytest.approx(20.0, abs=4.0) and low > 0
+    assert rows["c1"] == "–"  # no INSTA arm on the control
+    assert float(rows["macro: gap tasks (2)"].split(" [")[0]) == pytest.approx(20.0, abs=3.0)
