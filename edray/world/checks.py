@@ -248,6 +248,7 @@ def check_selection_precision(
                 problems.append(f"random arm {n} {a['precision']:.2f} is not about the pool share {share:.3f}")
     if problems:
         return CheckResult("d", "selection_precision", measured, threshold, FAIL, "too low or off: " + "; ".join(problems))
+
     def describe(name: str, a: Mapping[str, Any]) -> str:
         ablation = a["strategy"] == "error_driven" and name not in driven
         note = f", {a.get('query')} query, not judged" if ablation else ""

@@ -197,7 +197,8 @@ def test_precision_judges_the_skill_query_and_reports_the_raw_step_ablation(chec
     method, raw = selection("method", gap, "skill"), selection("raw", other, "step")
     got = checks.check_selection_precision({"ed": method, "ed-step": raw}, truth, GAPS)
     assert got.status == "pass", got.explanation
-    assert got.measured["arms"]["ed-step"] | {"precision": 0.0, "query": "step"} == got.measured["arms"]["ed-step"]
+    assert got.measured["arms"]["ed-step"]["precision"] == 0.0 and got.measured["arms"]["ed-step"]["query"] == "step"
+    assert "ed-step 0.00 (budget 10, " in got.explanation and "step query, not judged" in got.explanation
     assert got.measured["arms"]["ed"]["query"] == "skill" and got.measured["arms"]["ed"]["precision"] == 1.0
     # the ablation alone is not the method: nothing to judge
     assert checks.check_selection_precision({"ed-step": raw}, truth, GAPS).status == "not_measured"
