@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,7 +217,10 @@ def _teacher_of(diagnose_dir: Path) -> str | None:
 
 
 def check_selection_precision(
-    selections: Mapping[str, Path], pool_truth: Mapping[str, list[str]], gap_skills: Collection[str]
+    selections: Mapping[str, Path],
+    pool_truth: Mapping[str, list[str]],
+    gap_skills: Collection[str],
+    task_skills: Collection[str] | None = None,
 ) -> CheckResult:
     """(d) Precision@budget of every error-driven selection; random selections against the pool share.
 
@@ -228,6 +231,8 @@ def check_selection_precision(
         selections: arm name -> a folder holding its ``selection.parquet``.
         pool_truth: pool id -> true skills.
         gap_skills: skills whose rows count as hits.
+        task_skills: the skills the target task needs, when known. A task that needs no gap skill (a
+            control) has nothing to target, so its precision is measured but not judged.
     """
     threshold = f"error-driven precision >= {PRECISION_MIN:.2f}; random about the pool's gap share"
     share = gap_share(pool_truth, gap_skills)
@@ -236,6 +241,9 @@ def check_selection_precision(
         a["precision"] = _round(a["precision"])
         a["budget_share"] = _round(a["selected"] / len(pool_truth)) if pool_truth else None
     measured: dict[str, Any] = {"pool_gap_share": _round(share), "pool_rows": len(pool_truth), "gap_skills": sorted(gap_skills), "arms": arms}
+    if task_skills is not None and not set(task_skills) & set(gap_skills):
+        return CheckResult("d", "selection_precision", measured, threshold, NOT_MEASURED,
+                           f"the diagnosed task needs no gap skill ({', '.join(sorted(task_skills))}): a control has no gap to select for")
     driven = {n: a for n, a in arms.items() if a["strategy"] == "error_driven" and a.get("query") in (None, "skill")}
     if not driven:
         return CheckResult("d", "selection_precision", measured, threshold, NOT_MEASURED,
@@ -356,11 +364,22 @@ def run_checks(
         check_student_gaps(evaluate_dir, general_rows, gap_skills, base_model),
         check_base_errors(diagnose_dir, rows, gap_skills),
         check_located_steps(diagnose_dir, rows),
-        check_selection_precision(selections, pool_skill_truth(pool), gap_skills),
+        check_selection_precision(selections, pool_skill_truth(pool), gap_skills, _target_skills(r.get("source_task") for r in rows.values())),
         check_headroom(evaluate_dir, oracle_model, random_model, task=task),
     ]
     write_checks(results, out_dir)
     return results
+
+
+def _target_skills(tasks: Iterable[str | None]) -> set[str] | None:
+    """The skills the diagnosed target tasks need together; None when one is not a target task of the world."""
+    from edray.world.tasks import TARGET_TASKS
+
+    by_name = {t.name: t.skills for t in TARGET_TASKS}
+    names = set(tasks)
+    if not names or not names <= by_name.keys():
+        return None
+    return {skill for name in names for skill in by_name[name]}
 
 
 def write_checks(results: Sequence[CheckResult], out_dir: Path) -> None:

@@ -202,3 +202,24 @@ def test_precision_judges_the_skill_query_and_reports_the_raw_step_ablation(chec
     assert got.measured["arms"]["ed"]["query"] == "skill" and got.measured["arms"]["ed"]["precision"] == 1.0
     # the ablation alone is not the method: nothing to judge
     assert checks.check_selection_precision({"ed-step": raw}, truth, GAPS).status == "not_measured"
+
+
+def test_precision_is_not_judged_for_a_task_that_needs_no_gap_skill(check_run, results, tmp_path: Path) -> None:
+    _, inputs, _ = results
+    truth = pool_skill_truth(inputs["pool"])
+    other = sorted(i for i, s in truth.items() if not set(s) & set(GAPS))[:10]
+    rows = [{"id": i, "source": "pool", "strategy": "error_driven", "round": 0, "gap_id": 0, "skill": "x", "error_ids": [],
+             "query": "x", "retrieval_mode": "bm25", "score": 1.0, "rank": 1} for i in other]  # fmt: skip
+    (tmp_path / "ctrl").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SELECTION_SCHEMA), tmp_path / "ctrl" / SELECTION)
+    control = checks.check_selection_precision({"ed": tmp_path / "ctrl"}, truth, GAPS, task_skills=("size_recognition",))
+    assert control.status == "not_measured" and "no gap" in control.explanation
+    assert control.measured["arms"]["ed"]["precision"] == 0.0  # still measured
+    # the same selection for a task through a gap is judged, and fails
+    gap_task = checks.check_selection_precision({"ed": tmp_path / "ctrl"}, truth, GAPS, task_skills=(sorted(GAPS)[0], "size_recognition"))
+    assert gap_task.status == "fail"
+    # the world's own controls need no gap skill; its gap tasks do; a task the world does not define is judged
+    world_gaps = {"attribute_binding", "count_comparison", "vertical_position"}
+    assert not checks._target_skills(["big_one_shape", "same_colour_count"]) & world_gaps
+    assert "vertical_position" in checks._target_skills(["big_one_shape", "corner"])
+    assert checks._target_skills(["corner", "not-a-task"]) is None and checks._target_skills([]) is None
