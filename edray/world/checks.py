@@ -231,8 +231,8 @@ def check_selection_precision(
         selections: arm name -> a folder holding its ``selection.parquet``.
         pool_truth: pool id -> true skills.
         gap_skills: skills whose rows count as hits.
-        task_skills: the skills the target task needs, when known. A task that needs no gap skill (a
-            control) has nothing to target, so its precision is measured but not judged.
+        task_skills: the skills the diagnosed target tasks need, when known. Tasks that need no gap skill
+            (controls) have nothing to target, so their precision is measured but not judged.
     """
     threshold = f"error-driven precision >= {PRECISION_MIN:.2f}; random about the pool's gap share"
     share = gap_share(pool_truth, gap_skills)
