@@ -427,24 +427,38 @@ def ablation_table(res: Results, gap_tasks: Sequence[str], budget: float = ABLAT
 
 
 def update_table(res: Results, gap_tasks: Sequence[str]) -> str:
-    """Weight update (full / LoRA / SPIDER) of error-driven arms: target accuracy on their own task and
-    retention, per budget (mean ± t 95 % CI over seeds and gap tasks)."""
-    arms = res.arms
-    ed = arms[(arms.strategy == "error_driven") & (arms.task == arms.trained_for) & arms.task.isin(gap_tasks) & (arms.status == "ok")]
+    """Weight update (full / LoRA / SPIDER) of the error-driven arms in the main retrieval mode, per budget:
+    target accuracy macro over the gap tasks (mean ± bootstrap CI), its paired difference to the main update,
+    and retention (mean ± t 95 % CI over the arms, each on its own task)."""
+    arms, items = res.arms, res.items
+    main_update, mode = main_setting(arms)
+    gaps, _, _ = _tasks(arms, gap_tasks, ())
+    ed = arms[(arms.strategy == "error_driven") & (arms["mode"] == mode) & (arms.task == arms.trained_for)
+              & arms.task.isin(gaps) & (arms.status == "ok")]  # fmt: skip
     rows = []
-    for (share, update), g in ed.groupby(["budget_share", "update"]):
-        if ed[ed.budget_share == share]["update"].nunique() < 2:
+    for share in sorted(ed.budget_share.unique()):
+        here = ed[ed.budget_share == share]
+        if here["update"].nunique() < 2:
             continue
-        rows.append([_budget_label(share), update, len(g), t_interval(g.target_accuracy), t_interval(g.retention)])
-    return _md(["budget", "update", "arms", "target accuracy (own task)", "retention"], rows) if rows else ""
+        main = macro(arms, items, gaps, "error_driven", share, main_update, mode)
+        for update in sorted(here["update"].unique(), key=lambda u: (u != main_update, u)):
+            values = main if update == main_update else macro(arms, items, gaps, "error_driven", share, update, mode)
+            diff = "–" if update == main_update else fmt_diff(values, main)[0]
+            g = here[here["update"] == update]
+            rows.append([_budget_label(share), update, len(g), fmt_cell(mean_ci(values)), diff, t_interval(g.retention)])
+    header = ["budget", "update", "arms", "gap tasks, macro accuracy", f"− {main_update} [CI]", "retention"]
+    return _md(header, rows) if rows else ""
 
 
 def precision_table(res: Results) -> str:
     """(vi) Selection precision@budget from each run's check (d): the share of targeted rows that exercise a
-    true gap skill, by task, strategy and budget (mean over seeds), and the pool's gap share."""
+    true gap skill, by task, strategy (error-driven in another retrieval mode named with it) and budget (mean
+    over seeds), and the pool's gap share. Error-driven arms of another update mode are left out: their
+    selections are those of the main update's arms."""
     checks = res.checks
     if checks.empty:
         return "No run holds world checks (`<run>/checks/checks.json`)."
+    update, mode = main_setting(res.arms)
     arms = res.arms.drop_duplicates(subset=["run", "model"])
     key = {(r.run, r.model): r for r in arms.itertuples()}
     run_task = dict(zip(arms.run, arms.trained_for))
@@ -455,7 +469,11 @@ def precision_table(res: Results) -> str:
         shares[task] = c.measured.get("pool_gap_share")
         for name, a in (c.measured.get("arms") or {}).items():
             arm = key.get((c.run, name))
+            if arm is not None and arm.strategy.startswith("error_driven") and arm.update != update:
+                continue  # the same selection as the main update's arm of its seed
             strategy = arm.strategy if arm is not None else a.get("strategy")
+            if arm is not None and arm.strategy.startswith("error_driven") and arm.mode != mode:
+                strategy = f"{strategy} ({arm.mode})"
             share = arm.budget_share if arm is not None else a.get("budget_share")
             rows.setdefault((task, strategy, share), []).append(float(a["precision"]))
     out = [[t, s, _budget_label(b) if b is not None else "–", len(v), f"{sum(v) / len(v):.3f}", shares.get(t)]

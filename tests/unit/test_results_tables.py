@@ -157,3 +157,43 @@ def test_error_driven_against_insta_is_paired_per_task_and_macro(summarize) -> N
         assert low < mean < high and mean == pytest.approx(20.0, abs=4.0) and low > 0
     assert rows["c1"] == "–"  # no INSTA arm on the control
     assert float(rows["macro: gap tasks (2)"].split(" [")[0]) == pytest.approx(20.0, abs=3.0)
+
+
+def test_update_table_pairs_each_update_with_the_main_one_in_the_main_retrieval_mode(summarize) -> None:
+    res = _results(summarize)
+    rng = np.random.default_rng(2)
+    arms, items = [res.arms], [res.items]
+    for s in SEEDS:
+        # full fine-tuning in another retrieval mode: must stay out of the full row
+        arm = _arm("run-g1", f"ed-dense-s{s}", "g1", "g1", "error_driven", 0.05, s, mode="dense")
+        correct = rng.random(N_ITEMS) < 0.0
+        arm["target_accuracy"] = correct.mean()
+        arms.append(pd.DataFrame([arm]))
+        items.append(pd.DataFrame({"run": arm["run"], "model": arm["model"], "task": "g1",
+                                   "id": [f"g1-{i}" for i in range(N_ITEMS)], "correct": correct}))  # fmt: skip
+    res = summarize.Results(pd.concat(arms, ignore_index=True), pd.concat(items, ignore_index=True), res.checks)
+    table = summarize.update_table(res, ("g1",)).splitlines()
+    assert table[0] == "| budget | update | arms | gap tasks, macro accuracy | − full [CI] | retention |"
+    rows = {r.split("|")[2].strip(): [c.strip() for c in r.strip("|").split("|")] for r in table[2:]}
+    assert list(rows) == ["full", "lora"]
+    assert rows["full"][2] == "5" and rows["lora"][2] == "5"
+    full = float(rows["full"][3].split(" ± ")[0])
+    assert full == pytest.approx(70.0, abs=4.0)  # the dense decoys (all wrong) would pull it down to about 35
+    assert rows["lora"][3].startswith("100.0")
+    diff, low, high = (float(x) for x in rows["lora"][4].replace("[", "").replace("]", "").replace(",", "").split())
+    assert diff == pytest.approx(100.0 - full, abs=0.11) and low < diff < high
+    # g2 has one update mode only: no table
+    assert summarize.update_table(res, ("g2",)) == ""
+
+
+def test_precision_table_names_other_retrieval_modes_and_skips_repeated_selections(summarize) -> None:
+    res = _results(summarize)
+    measured = {"pool_gap_share": 0.07, "arms": {"ed-s0": {"precision": 0.9}, "ed-bm25-s0": {"precision": 0.5}}}
+    lora = {"pool_gap_share": 0.07, "arms": {"ed-s0": {"precision": 0.8}, "ed-lora-s0": {"precision": 0.8}}}
+    checks = pd.DataFrame([{"run": "run-g2", "check": "d", "name": "selection_precision", "status": "fail", "explanation": "", "measured": measured},
+                           {"run": "run-g1", "check": "d", "name": "selection_precision", "status": "fail", "explanation": "", "measured": lora}])  # fmt: skip
+    table = summarize.precision_table(summarize.Results(res.arms, res.items, checks))
+    assert "| g2 | error_driven | 5 % | 1 | 0.900 | 0.07 |" in table
+    assert "| g2 | error_driven (bm25) | 5 % | 1 | 0.500 | 0.07 |" in table
+    # the LoRA arm trained on the selection of ed-s0: counted once
+    assert "| g1 | error_driven | 5 % | 1 | 0.800 | 0.07 |" in table
