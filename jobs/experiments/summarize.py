@@ -453,8 +453,8 @@ def update_table(res: Results, gap_tasks: Sequence[str]) -> str:
 def precision_table(res: Results) -> str:
     """(vi) Selection precision@budget from each run's check (d): the share of targeted rows that exercise a
     true gap skill, by task, strategy (error-driven in another retrieval mode named with it) and budget (mean
-    over seeds), and the pool's gap share. Error-driven arms of another update mode are left out: their
-    selections are those of the main update's arms."""
+    over seeds), and the pool's gap share. Error-driven arms of another update mode are left out: the grid
+    gives them the selections of the main update's arms, which would count twice."""
     checks = res.checks
     if checks.empty:
         return "No run holds world checks (`<run>/checks/checks.json`)."
@@ -470,7 +470,7 @@ def precision_table(res: Results) -> str:
         for name, a in (c.measured.get("arms") or {}).items():
             arm = key.get((c.run, name))
             if arm is not None and arm.strategy.startswith("error_driven") and arm.update != update:
-                continue  # the same selection as the main update's arm of its seed
+                continue  # the selection of the main update's arm of its seed, counted there
             strategy = arm.strategy if arm is not None else a.get("strategy")
             if arm is not None and arm.strategy.startswith("error_driven") and arm.mode != mode:
                 strategy = f"{strategy} ({arm.mode})"
