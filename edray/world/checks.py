@@ -373,13 +373,12 @@ def run_checks(
 
 def _target_skills(tasks: Iterable[str | None]) -> set[str] | None:
     """The skills the diagnosed target tasks need together; None when one is not a target task of the world."""
-    from edray.world.tasks import TARGET_TASKS
+    from edray.world.tasks import TARGET_TASK_BY_NAME
 
-    by_name = {t.name: t.skills for t in TARGET_TASKS}
     names = set(tasks)
-    if not names or not names <= by_name.keys():
+    if not names or not names <= TARGET_TASK_BY_NAME.keys():
         return None
-    return {skill for name in names for skill in by_name[name]}
+    return {skill for name in names for skill in TARGET_TASK_BY_NAME[name].skills}
 
 
 def write_checks(results: Sequence[CheckResult], out_dir: Path) -> None:

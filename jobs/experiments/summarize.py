@@ -469,10 +469,11 @@ def precision_table(res: Results) -> str:
         shares[task] = c.measured.get("pool_gap_share")
         for name, a in (c.measured.get("arms") or {}).items():
             arm = key.get((c.run, name))
-            if arm is not None and arm.strategy.startswith("error_driven") and arm.update != update:
+            driven = arm is not None and arm.strategy.startswith("error_driven")
+            if driven and arm.update != update:
                 continue  # the selection of the main update's arm of its seed, counted there
             strategy = arm.strategy if arm is not None else a.get("strategy")
-            if arm is not None and arm.strategy.startswith("error_driven") and arm.mode != mode:
+            if driven and arm.mode != mode:
                 strategy = f"{strategy} ({arm.mode})"
             share = arm.budget_share if arm is not None else a.get("budget_share")
             rows.setdefault((task, strategy, share), []).append(float(a["precision"]))
