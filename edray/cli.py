@@ -245,6 +245,13 @@ def world_pretrain(
     with log_session(out.parent / "logs", f"pretrain-{out.name}", verbose):
         path = pretrain.pretrain_student(cfg, out, force=force)
     out_console.print(f"student written to {path}")
+    log = _json.loads((path / pretrain.PRETRAIN_LOG).read_text())
+    general = log.get("general_accuracy") or {}
+    if "check_a" in general:
+        from edray.world.checks import format_student_gaps
+
+        out_console.print(f"general suite ({cfg.eval_size} rows) and the world's check (a):", highlight=False)
+        out_console.print(format_student_gaps(general["check_a"], general.get("counts")), highlight=False, markup=False)
 
 
 @world_app.command("check")

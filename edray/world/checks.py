@@ -117,6 +117,8 @@ def _overall(
 
 # --- (a) ----------------------------------------------------------------------------------------------
 
+_GAPS_THRESHOLD = f"non-gap skills >= {NONGAP_MIN:.2f}; gap skills <= chance + {GAP_OVER_CHANCE:.2f}"
+
 
 def check_student_gaps(
     evaluate_dir: Path, general_rows: Sequence[Mapping[str, Any]], gap_skills: Collection[str], base_model: str = "base"
@@ -129,11 +131,28 @@ def check_student_gaps(
         gap_skills: the designed gap skills.
         base_model: the base student's name in ``scores.parquet``.
     """
-    threshold = f"non-gap skills >= {NONGAP_MIN:.2f}; gap skills <= chance + {GAP_OVER_CHANCE:.2f}"
     scores = [s for s in _read_scores(evaluate_dir) if s["model"] == base_model and s["suite"] == "general"]
     per_skill = {s["skill"]: float(s["accuracy"]) for s in scores if s["task"] == SCORE_ALL and s["skill"] != SCORE_ALL}
     if not per_skill:
-        return CheckResult("a", "student_gaps", {}, threshold, NOT_MEASURED, f"no general-suite scores of model {base_model!r}")
+        return CheckResult("a", "student_gaps", {}, _GAPS_THRESHOLD, NOT_MEASURED, f"no general-suite scores of model {base_model!r}")
+    return student_gaps(per_skill, general_rows, gap_skills)
+
+
+def student_gaps(
+    per_skill: Mapping[str, float], general_rows: Sequence[Mapping[str, Any]], gap_skills: Collection[str]
+) -> CheckResult:
+    """(a) from per-skill accuracies already measured, e.g. by ``edray world pretrain`` on its own
+    general-suite rows (``eval_size``), so a recipe can be judged before any run uses it.
+
+    Args:
+        per_skill: skill -> accuracy on ``general_rows``.
+        general_rows: the general-suite rows scored (for each skill's chance level).
+        gap_skills: the designed gap skills.
+    """
+    threshold = _GAPS_THRESHOLD
+    per_skill = {s: float(a) for s, a in per_skill.items()}
+    if not per_skill:
+        return CheckResult("a", "student_gaps", {}, threshold, NOT_MEASURED, "no per-skill accuracies")
     chance = chance_by_skill(general_rows)
     gaps = sorted(set(gap_skills) & set(per_skill))
     nongap = {s: a for s, a in per_skill.items() if s not in gap_skills}
@@ -161,6 +180,26 @@ def check_student_gaps(
         "a", "student_gaps", measured, threshold, PASS,
         f"non-gap skills >= {measured['nongap_min']:.2f}; gap skills at most {measured['gap_over_chance_max']:+.2f} over chance",
     )
+
+
+def format_student_gaps(result: Mapping[str, Any], counts: Mapping[str, int] | None = None) -> str:
+    """Console lines for a check (a) result dict (:meth:`CheckResult.to_dict`): one line per skill with
+    its accuracy, chance level and rows, the gaps marked, then the verdict."""
+    measured = result.get("measured") or {}
+    per_skill, chance = measured.get("per_skill") or {}, measured.get("chance") or {}
+    gaps = set(measured.get("gap_skills") or ())
+    counts = counts or {}
+    width = max((len(s) for s in per_skill), default=5) + 6
+    lines = [f"  {'skill':<{width}} {'accuracy':>8} {'chance':>7} {'rows':>5}"]
+    for skill, acc in per_skill.items():
+        name = f"{skill} (gap)" if skill in gaps else skill
+        c = chance.get(skill)
+        lines.append(
+            f"  {name:<{width}} {acc:>8.2f} {'' if c is None else f'{c:.2f}':>7} {counts.get(skill, ''):>5}"
+        )
+    lines.append(f"(a) {result.get('name', 'student_gaps')}  {str(result.get('status', '')).upper()}  {result.get('explanation', '')}")
+    lines.append(f"    needs: {result.get('threshold', _GAPS_THRESHOLD)}")
+    return "\n".join(lines)
 
 
 # --- (b), (c) -----------------------------------------------------------------------------------------

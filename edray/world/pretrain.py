@@ -488,6 +488,7 @@ def pretrain_student(cfg: PretrainConfig, out_dir: str | os.PathLike[str], force
                 log["general_accuracy"] = _score_general(tmp, cfg)
                 (tmp / PRETRAIN_LOG).write_text(json.dumps(log, indent=2))
                 stage.dir.metrics["general_accuracy"] = log["general_accuracy"]["per_skill"]
+                stage.dir.metrics["check_a"] = log["general_accuracy"]["check_a"]["status"]
             curve = log["curve"]
             stage.dir.counts.update({"rows": cfg.num_rows, "steps": cfg.steps})
             stage.dir.metrics.update(
@@ -510,10 +511,13 @@ def pretrain_student(cfg: PretrainConfig, out_dir: str | os.PathLike[str], force
 
 
 def _score_general(model_dir: Path, cfg: PretrainConfig) -> dict[str, Any]:
-    """Per-skill accuracy of the pretrained student on general-suite rows (validation split)."""
+    """Per-skill accuracy of the pretrained student on general-suite rows (validation split), with the
+    world's check (a) on them (``check_a``: non-gap skills strong, designed gaps at chance)."""
+    from edray.world.checks import designed_gap_skills, student_gaps
     from edray.world.pool import generate_eval_rows
     from edray.world.student_eval import evaluate_student
 
     rows = generate_eval_rows("general", "validation", cfg.eval_size, cfg.eval_seed, cfg.scene).to_pylist()
     report = evaluate_student(model_dir, rows)
-    return report.to_dict()
+    gaps, _ = designed_gap_skills(pretrain={"gaps": cfg.gaps, "mix": cfg.mix})
+    return {**report.to_dict(), "check_a": student_gaps(report.per_skill, rows, gaps).to_dict()}

@@ -39,3 +39,26 @@ def test_ci_pretraining_lowers_the_loss_and_is_cached(pretrained_student_dir, tm
 
     AutoProcessor.from_pretrained(pretrained_student_dir)
     AutoModelForImageTextToText.from_pretrained(pretrained_student_dir)
+
+
+def test_general_suite_score_carries_check_a(pretrained_student_dir):
+    from edray.world.checks import NONGAP_MIN, format_student_gaps
+    from edray.world.pretrain import PretrainConfig, _score_general
+
+    cfg = PretrainConfig.ci(eval_size=160)
+    scored = _score_general(pretrained_student_dir, cfg)
+    check = scored["check_a"]
+    per_skill, chance = check["measured"]["per_skill"], check["measured"]["chance"]
+    assert check["check"] == "a" and set(check["measured"]["gap_skills"]) == set(cfg.gaps)
+    assert per_skill == pytest.approx(scored["per_skill"], abs=1e-4)
+    assert sum(scored["counts"].values()) >= cfg.eval_size
+    # The verdict follows from the numbers it reports.
+    weak = [s for s, a in per_skill.items() if s not in cfg.gaps and a < NONGAP_MIN]
+    over = [s for s in cfg.gaps if s in per_skill and per_skill[s] > chance[s] + 0.10]
+    if set(cfg.gaps) <= set(per_skill):
+        assert check["status"] == ("fail" if weak or over else "pass")
+    else:
+        assert check["status"] == "not_measured"
+    text = format_student_gaps(check, scored["counts"])
+    assert all(f"{g} (gap)" in text for g in cfg.gaps if g in per_skill)
+    assert f"(a) student_gaps  {check['status'].upper()}" in text

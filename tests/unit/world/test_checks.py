@@ -223,3 +223,30 @@ def test_precision_is_not_judged_for_a_task_that_needs_no_gap_skill(check_run, r
     assert not checks._target_skills(["big_one_shape", "same_colour_count"]) & world_gaps
     assert "vertical_position" in checks._target_skills(["big_one_shape", "corner"])
     assert checks._target_skills(["corner", "not-a-task"]) is None and checks._target_skills([]) is None
+
+
+def test_student_gaps_from_accuracies_judges_each_skill() -> None:
+    from edray.world.pool import generate_eval_rows
+    from edray.world.student_eval import chance_by_skill
+
+    rows = generate_eval_rows("general", "validation", 400, 11).to_pylist()
+    chance = chance_by_skill(rows)
+    gaps = sorted(GAPS)
+    assert set(gaps) <= set(chance)
+    strong = {s: (chance[s] + 0.05 if s in gaps else 0.9) for s in chance}
+    assert checks.student_gaps(strong, rows, gaps).status == "pass"
+
+    nongap = next(s for s in sorted(chance) if s not in gaps)
+    weak = checks.student_gaps({**strong, nongap: 0.84}, rows, gaps)
+    assert weak.status == "fail" and f"{nongap} 0.84" in weak.explanation
+    learned = checks.student_gaps({**strong, gaps[0]: chance[gaps[0]] + 0.11}, rows, gaps)
+    assert learned.status == "fail" and gaps[0] in learned.explanation and nongap not in learned.explanation
+    assert learned.measured["gap_over_chance_max"] == pytest.approx(0.11, abs=1e-3)
+
+    missing = {s: a for s, a in strong.items() if s != gaps[0]}
+    assert checks.student_gaps(missing, rows, gaps).status == "not_measured"
+    assert checks.student_gaps({}, rows, gaps).status == "not_measured"
+
+    text = checks.format_student_gaps(learned.to_dict(), {gaps[0]: 7})
+    assert f"{gaps[0]} (gap)" in text and f"{nongap} (gap)" not in text
+    assert "(a) student_gaps  FAIL" in text and text.splitlines()[-1].startswith("    needs: non-gap skills >= 0.85")
