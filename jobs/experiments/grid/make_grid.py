@@ -170,8 +170,11 @@ def common(task: str, index: bool, teacher: str = "", diagnose_extra: str = "") 
         lines.append(f"index_dir: {RUNS}/{INDEX_TASK}/index   # built by {INDEX_TASK}.yaml")
     lines += [
         "pretrain:",
-        "  # vision warm-up (200 steps), then 3,000 instruction steps of batch 32 with the vision tower fixed",
-        "  {num_rows: 8000, steps: 3000, batch_size: 32, warmup_steps: 100, log_every: 100, eval_size: 600, vision_steps: 200}",
+        "  # the student that passes check (a) (docs/world.md, \"10,000 steps\"; jobs/experiments/headline_long/ shares it):",
+        "  # vision warm-up (200 steps), projector alignment (300), then 10,000 instruction steps of batch 32 over 48,000",
+        "  # rows, existence and counting by attribute weighted x4; about 17 min on 2 cores, once for the whole grid",
+        "  {num_rows: 48000, steps: 10000, batch_size: 32, warmup_steps: 100, log_every: 500, eval_size: 1200, vision_steps: 200, align_steps: 300,",
+        "   seed: 1, student: {seed: 1}, mix: {color_existence: 4, shape_existence: 4, counting_by_color: 4, counting_by_shape: 4}}",
         "index:",
         "  # the skills world's teacher annotates the pool, in process (the default teacher is an HTTP endpoint)",
         '  annotate: {backend: engine, engine: "edray.world.teacher:WorldTeacher"}',
