@@ -103,7 +103,7 @@ class PretrainConfig(EdrayModel):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of batch order.")
     corpus_size: int = Field(2000, ge=0, le=1_000_000, description="Representative texts added to the world vocabulary for the tokenizer.")
     log_every: int = Field(50, ge=1, le=1_000_000, description="Record (and print) the mean loss every k steps.")
-    eval_size: int = Field(600, ge=0, le=1_000_000, description="General-suite rows scored after training, with the world's check (a) on them (0: skip).")
+    eval_size: int = Field(600, ge=0, le=1_000_000, description="General-suite rows scored after training (0: skip).")
     eval_seed: int = Field(11, ge=0, le=2**31 - 1, description="Seed of the general-suite rows scored after training.")
     num_workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (data-parallel replicas).")
     cpus_per_worker: float = Field(1.0, gt=0, le=256, description="Logical CPUs reserved per worker.")
