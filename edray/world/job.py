@@ -34,6 +34,7 @@ from edray.resources import Demand, ResourcePlan, ensure_ray
 from edray.rundir import Stage, StageDir, run_stage
 from edray.schemas import SUPPORT_SCHEMA, WORLD_EVAL_DIR, WORLD_INFO, WORLD_POOL_DIR, WORLD_POOL_LANCE
 from edray.world.config import SceneConfig, WorldConfig
+from edray.world.digest import ROW_MODULES, code_digest
 from edray.world.pool import SPLITS, generate_eval_rows, generate_support_rows, skill_shares
 from edray.world.skills import SKILLS
 from edray.world.tasks import GENERAL_SUITE, SOURCE_TASKS, TARGET_TASK_BY_NAME, TARGET_TASKS
@@ -171,14 +172,15 @@ def run(config: WorldConfig, out: str | os.PathLike[str], force: bool = False, u
     Args:
         config: world settings.
         out: target folder.
-        force: regenerate even if ``out`` holds a world with the same config.
+        force: regenerate even if ``out`` holds a world with the same config (a world written by other
+            code of the modules that generate its rows, :data:`edray.world.digest.ROW_MODULES`, is regenerated anyway).
         use_ray: generate the pool with Ray Data (``False``: in this process, for small worlds).
 
     Returns:
         The world folder.
     """
     out = Path(out)
-    stage = Stage(StageDir(out.parent, out.name), config, extra={"world_format": 1})
+    stage = Stage(StageDir(out.parent, out.name), config, extra={"world_format": 1, "code": code_digest(ROW_MODULES)})
 
     def compute(tmp: Path) -> None:
         stage.dir.metrics.update(write_pool(config, tmp) if use_ray else write_pool_local(config, tmp))

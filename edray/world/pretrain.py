@@ -40,6 +40,7 @@ from edray.config import EdrayModel
 from edray.resources import workers_plan
 from edray.rundir import Stage, StageDir, fingerprint, run_stage
 from edray.world.config import SceneConfig
+from edray.world.digest import ROW_MODULES, code_digest
 from edray.world.student import StudentConfig, build_student, export_for_vllm, world_texts
 
 PRETRAIN_LOG = "pretrain_log.json"
@@ -418,23 +419,13 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
 # The modules whose code decides what a pretraining config produces: the rows (scenes, questions, wordings,
 # steps), the student's architecture and tokenizer, and the recipe itself.
-_RECIPE_MODULES = ("scene", "skills", "questions", "tasks", "pool", "student", "pretrain")
-
-
-def _recipe_code_digest() -> str:
-    import hashlib
-
-    here = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for name in _RECIPE_MODULES:
-        h.update((here / f"{name}.py").read_bytes())
-    return h.hexdigest()[:16]
+_RECIPE_MODULES = (*ROW_MODULES, "student", "pretrain")
 
 
 def recipe_fingerprint(cfg: PretrainConfig) -> str:
     """The cache key of a pretrained student: its config, the recipe version and the code of the world
     modules that generate its rows and build it, so a student cached by other code is never reused."""
-    return fingerprint(cfg, extra={"recipe": RECIPE_VERSION, "code": _recipe_code_digest()})
+    return fingerprint(cfg, extra={"recipe": RECIPE_VERSION, "code": code_digest(_RECIPE_MODULES)})
 
 
 def pretrain_student(cfg: PretrainConfig, out_dir: str | os.PathLike[str], force: bool = False) -> Path:

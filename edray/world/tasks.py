@@ -242,7 +242,7 @@ TARGET_TASKS: tuple[TargetTask, ...] = (
                "Look closely: can you spot a {color} {shape} anywhere here? " + STEP_TRIGGER,
                ("yes_no",), "shape existence, then attribute binding (a gap, step 2)"),
     TargetTask("outnumber", "relation",
-               "Compared with the {color_b} things, are there more, fewer or the same number of {color_a} things? " + STEP_TRIGGER,
+               "Compare the {color_a} things with the {color_b} things: more, fewer or the same? " + STEP_TRIGGER,
                ("open",), "count two colours, then compare the counts (a gap, step 3)"),
     TargetTask("same_colour_count", "same_color_count",
                "How many things share the colour of the {shape}? " + STEP_TRIGGER,

@@ -92,3 +92,19 @@ def test_world_dir_fixture_layout(world_dir: Path) -> None:
     for t in TARGET_TASKS:
         assert pq.read_table(world_dir / WORLD_EVAL_DIR / t.name / "validation.parquet").num_rows == 100
     assert (world_dir / "_SUCCESS").exists()
+
+
+def test_a_world_generated_by_other_code_is_generated_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cache key holds the source of the modules that write the rows: the same config after an edit of a
+    # wording or a question generator must not return the stale world.
+    cfg = WorldConfig.model_validate(
+        {"pool": {"pool_size": 40, "batch_size": 40}, "eval": {"val_size": 3, "test_size": 3, "general_size": 3, "target_tasks": ["corner"]}}
+    )
+    out = job.run(cfg, tmp_path / "w", use_ray=False)
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert job.run(cfg, out, use_ray=False) == out and (out / "manifest.json").stat().st_mtime_ns == stamp
+    real = job.code_digest(job.ROW_MODULES)
+    monkeypatch.setattr(job, "code_digest", lambda modules: "0" * 16 if modules == job.ROW_MODULES else real)
+    job.run(cfg, out, use_ray=False)
+    assert (out / "manifest.json").stat().st_mtime_ns != stamp
+    assert pq.read_table(out / WORLD_POOL_DIR).num_rows == 40
