@@ -361,13 +361,11 @@ def _corner(rng: random.Random, cfg: SceneConfig) -> Question:
     return Question(scene, {"color": obj.color, "shape": obj.shape}, steps, f"{row} {col}", "open", _corners(cfg))
 
 
-@_retry
-def _colour_corner(rng: random.Random, cfg: SceneConfig) -> Question | None:
-    scene = sample_scene(rng, cfg)
-    objs = [o for o in scene.objects if len(matching(scene, make_subject(color=o.color))) == 1]
-    if not objs:
-        return None
-    obj = rng.choice(objs)
+def _colour_corner(rng: random.Random, cfg: SceneConfig) -> Question:
+    # One object, as in the position tasks: the horizontal step must be one the student can take, so that
+    # its errors are at the vertical step (a relation between objects is out of reach for the tiny student).
+    scene = sample_scene(rng, cfg, n_objects=1)
+    obj = scene.objects[0]
     subj = make_subject(color=obj.color)
     row, col = scene.row_of(obj), scene.column_of(obj)
     steps = [StepClaim("horizontal_position", subj, col), StepClaim("vertical_position", subj, row)]

@@ -234,7 +234,7 @@ TARGET_TASKS: tuple[TargetTask, ...] = (
                ("open",), "vertical position (a gap, step 1), then horizontal position of one object"),
     TargetTask("colour_corner", "colour_corner",
                "Tell me the corner where the {color} thing is. " + STEP_TRIGGER,
-               ("open",), "horizontal position, then vertical position (a gap, step 2) of the one object of a colour"),
+               ("open",), "horizontal position, then vertical position (a gap, step 2) of the one object, named by its colour"),
     TargetTask("locate_item", "locate_item",
                "Find the {color} {shape}. On which side of the picture does it sit, if anywhere? " + STEP_TRIGGER,
                ("open",), "attribute binding (a gap, step 1), then horizontal position of the found object"),
