@@ -245,7 +245,7 @@ TARGET_TASKS: tuple[TargetTask, ...] = (
                "Compare the {color_a} things with the {color_b} things: more, fewer or the same? " + STEP_TRIGGER,
                ("open",), "count two colours, then compare the counts (a gap, step 3)"),
     TargetTask("same_colour_count", "same_color_count",
-               "How many things share the colour of the {shape}? " + STEP_TRIGGER,
+               "Count the things with the same colour as the {shape}. " + STEP_TRIGGER,
                ("number",), "control without a gap: colour of a shape, then count that colour"),
     TargetTask("big_one_shape", "shape_of_large",
                "Which kind of figure is the big one? " + STEP_TRIGGER,
