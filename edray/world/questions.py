@@ -361,11 +361,24 @@ def _corner(rng: random.Random, cfg: SceneConfig) -> Question:
     return Question(scene, {"color": obj.color, "shape": obj.shape}, steps, f"{row} {col}", "open", _corners(cfg))
 
 
-def _colour_corner(rng: random.Random, cfg: SceneConfig) -> Question:
-    # One object, as in the position tasks: the horizontal step must be one the student can take, so that
-    # its errors are at the vertical step (a relation between objects is out of reach for the tiny student).
+@_retry
+def _colour_corner(rng: random.Random, cfg: SceneConfig) -> Question | None:
+    scene = sample_scene(rng, cfg)
+    objs = [o for o in scene.objects if len(matching(scene, make_subject(color=o.color))) == 1]
+    if not objs:
+        return None
+    return _colour_corner_of(cfg, scene, rng.choice(objs))
+
+
+def _lone_colour_corner(rng: random.Random, cfg: SceneConfig) -> Question:
+    # The target task's kind: one object, as in the position tasks, so that the horizontal step is one the
+    # student can take and its errors are at the vertical step (placing one object among several is out of
+    # reach for the tiny student). The pool's colour_corner rows keep up to four objects.
     scene = sample_scene(rng, cfg, n_objects=1)
-    obj = scene.objects[0]
+    return _colour_corner_of(cfg, scene, scene.objects[0])
+
+
+def _colour_corner_of(cfg: SceneConfig, scene: Scene, obj: SceneObject) -> Question:
     subj = make_subject(color=obj.color)
     row, col = scene.row_of(obj), scene.column_of(obj)
     steps = [StepClaim("horizontal_position", subj, col), StepClaim("vertical_position", subj, row)]
@@ -423,6 +436,7 @@ KINDS: dict[str, QuestionKind] = {
         QuestionKind("locate_item", ("attribute_binding", "horizontal_position"), _locate_item, _locate_answer),
         QuestionKind("corner", ("vertical_position", "horizontal_position"), _corner, _corner_answer),
         QuestionKind("colour_corner", ("horizontal_position", "vertical_position"), _colour_corner, _corner_answer),
+        QuestionKind("lone_colour_corner", ("horizontal_position", "vertical_position"), _lone_colour_corner, _corner_answer),
         QuestionKind("same_color_count", ("color_recognition", "counting_by_color"), _same_color_count),
     )
 }

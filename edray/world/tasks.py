@@ -232,7 +232,7 @@ TARGET_TASKS: tuple[TargetTask, ...] = (
     TargetTask("corner", "corner",
                "In which corner of the picture does the {color} {shape} sit? " + STEP_TRIGGER,
                ("open",), "vertical position (a gap, step 1), then horizontal position of one object"),
-    TargetTask("colour_corner", "colour_corner",
+    TargetTask("colour_corner", "lone_colour_corner",
                "Tell me the corner where the {color} thing is. " + STEP_TRIGGER,
                ("open",), "horizontal position, then vertical position (a gap, step 2) of the one object, named by its colour"),
     TargetTask("locate_item", "locate_item",
