@@ -77,16 +77,9 @@ def test_arms_are_evaluated_on_their_tasks_and_report_the_runs_task(ray_session,
 
 
 def _summarize():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from tests.fixtures.scripts import load_script
 
-    path = Path(__file__).resolve().parents[2] / "jobs" / "experiments" / "summarize.py"
-    spec = importlib.util.spec_from_file_location("grid_summarize", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("jobs/experiments/summarize.py", "grid_summarize")
 
 
 def test_eval_tasks_must_be_written_by_the_generated_world() -> None:

@@ -4,8 +4,6 @@ reports."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from edray.config import load_config
 from edray.pipeline.config import RunConfig
 from edray.pipeline.job import stage_configs
+from tests.fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = ROOT / "jobs" / "experiments" / "grid"
@@ -21,11 +20,7 @@ GRID = ROOT / "jobs" / "experiments" / "grid"
 
 @pytest.fixture(scope="module")
 def make_grid():
-    spec = importlib.util.spec_from_file_location("make_grid", GRID / "make_grid.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("jobs/experiments/grid/make_grid.py", "make_grid")
 
 
 @pytest.fixture(scope="module")

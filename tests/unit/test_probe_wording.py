@@ -3,25 +3,19 @@ answer, unknown words are counted, and the task's own sentence is restored after
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from edray.world.tasks import STEP_TRIGGER, TARGET_TASK_BY_NAME
+from tests.fixtures.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = 6
 
 
 @pytest.fixture(scope="module")
 def probe_wording():
-    spec = importlib.util.spec_from_file_location("probe_wording", ROOT / "jobs" / "experiments" / "probe_wording.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("jobs/experiments/probe_wording.py", "probe_wording")
 
 
 def test_probe_accounts_for_every_error_and_restores_the_task(probe_wording, student_dir: Path) -> None:

@@ -4,24 +4,18 @@ its paired bootstrap CI covers the true difference, and the main table's cells c
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fixtures.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def summarize():
-    spec = importlib.util.spec_from_file_location("grid_summarize", ROOT / "jobs" / "experiments" / "summarize.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("jobs/experiments/summarize.py", "grid_summarize")
 
 
 GAPS, CONTROLS = ("g1", "g2"), ("c1",)
