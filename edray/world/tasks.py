@@ -239,7 +239,7 @@ TARGET_TASKS: tuple[TargetTask, ...] = (
                "Find the {color} {shape}. On which side of the picture does it sit, if anywhere? " + STEP_TRIGGER,
                ("open",), "attribute binding (a gap, step 1), then horizontal position of the found object"),
     TargetTask("spot_item", "spot_item",
-               "Look closely: can you spot a {color} {shape} anywhere here? " + STEP_TRIGGER,
+               "Look closely: can you spot a {shape} here, and is any of them {color}? " + STEP_TRIGGER,
                ("yes_no",), "shape existence, then attribute binding (a gap, step 2)"),
     TargetTask("outnumber", "relation",
                "Compare the {color_a} things with the {color_b} things: more, fewer or the same? " + STEP_TRIGGER,
