@@ -3,10 +3,11 @@
 A task whose test answers are unbalanced rewards a model that always gives the majority answer
 (`outnumber`'s 1,000 test rows are 621 "more", 307 "same", 72 "fewer", so "more" every time scores 62.1 %).
 Balanced accuracy scores that model at 1 / (number of answers), and a model that gets every answer right at
-1.0, so it separates learning the comparison from settling on one answer. This script reads the evaluation
-predictions of ``edray run`` folders (the base model's and every arm's) and prints, per arm group (arm name
-without its ``-s<seed>`` suffix, per run folder), the mean, min and max of balanced and plain accuracy over
-seeds, and the share of predictions that are the majority answer.
+1.0, so it separates learning the comparison from settling on one answer. This script reads the collected
+evaluation predictions of finished ``edray run`` folders (``round_0/evaluate/predictions.parquet``: the base
+model and every arm) and prints, per arm group (arm name without its ``-s<seed>`` suffix, per run folder), the
+mean, min and max of balanced and plain accuracy over seeds, and the share of predictions that are the majority
+answer.
 
     python jobs/experiments/balanced_accuracy.py outnumber runs/experiments/headline_v2/*/ runs/experiments/ablations_v2/*/
 
@@ -23,18 +24,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-PREDICTIONS = "predictions.parquet"
-EVALUATIONS = ("evaluate_arm", "evaluate_base")
+PREDICTIONS = Path("round_0") / "evaluate" / "predictions.parquet"  # every model of the run, collected
 SEED_SUFFIX = re.compile(r"-s\d+$")
-
-
-def prediction_files(run_dir: Path) -> list[Path]:
-    """The evaluation predictions of a run folder: its own round's and every arm's."""
-    out = []
-    for evaluation in EVALUATIONS:
-        out += sorted(run_dir.glob(f"round_*/{evaluation}/{PREDICTIONS}"))
-        out += sorted(run_dir.glob(f"arms/*/round_*/{evaluation}/{PREDICTIONS}"))
-    return out
 
 
 def balanced_accuracy(gold: list[str], correct: list[bool]) -> float:
@@ -46,28 +37,29 @@ def balanced_accuracy(gold: list[str], correct: list[bool]) -> float:
 
 
 def model_scores(run_dirs: list[Path], task: str) -> list[dict]:
-    """One dict per (run, model) evaluated on ``task``'s target rows: balanced and plain accuracy."""
+    """One dict per (run, model) evaluated on ``task``'s target rows: balanced and plain accuracy.
+
+    Raises:
+        FileNotFoundError: a run folder has no collected predictions (an unfinished run).
+    """
     rows = []
     for run_dir in run_dirs:
-        seen: set[str] = set()
-        for path in prediction_files(run_dir):
-            table = pq.read_table(path, columns=["model", "suite", "task", "prediction", "gold", "correct"]).to_pylist()
-            by_model: dict[str, list[dict]] = defaultdict(list)
-            for r in table:
-                if r["suite"] == "target" and r["task"] == task:
-                    by_model[r["model"]].append(r)
-            for model, preds in sorted(by_model.items()):
-                if model in seen:  # the base model is evaluated once per run; count it once
-                    continue
-                seen.add(model)
-                gold = [p["gold"] for p in preds]
-                correct = [bool(p["correct"]) for p in preds]
-                majority = Counter(gold).most_common(1)[0][0]
-                rows.append({
-                    "run": run_dir.name, "model": model, "n": len(preds),
-                    "balanced": balanced_accuracy(gold, correct), "accuracy": sum(correct) / len(correct),
-                    "majority_answer": majority, "majority_share": sum(p["prediction"] == majority for p in preds) / len(preds),
-                })  # fmt: skip
+        path = run_dir / PREDICTIONS
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir}: no {PREDICTIONS} (is the run finished?)")
+        by_model: dict[str, list[dict]] = defaultdict(list)
+        for r in pq.read_table(path, columns=["model", "suite", "task", "prediction", "gold", "correct"]).to_pylist():
+            if r["suite"] == "target" and r["task"] == task:
+                by_model[r["model"]].append(r)
+        for model, preds in sorted(by_model.items()):
+            gold = [p["gold"] for p in preds]
+            correct = [bool(p["correct"]) for p in preds]
+            majority = Counter(gold).most_common(1)[0][0]
+            rows.append({
+                "run": run_dir.name, "model": model, "n": len(preds),
+                "balanced": balanced_accuracy(gold, correct), "accuracy": sum(correct) / len(correct),
+                "majority_answer": majority, "majority_share": sum(p["prediction"] == majority for p in preds) / len(preds),
+            })  # fmt: skip
     return rows
 
 
@@ -91,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("task", help="target task, e.g. outnumber")
     parser.add_argument("runs", nargs="+", type=Path, help="edray run folders")
     args = parser.parse_args(argv)
-    missing = [str(r) for r in args.runs if not r.is_dir()]
+    missing = [str(r) for r in args.runs if not (r / PREDICTIONS).is_file()]
     if missing:
-        parser.error(f"not a run folder: {', '.join(missing)}")
+        parser.error(f"not a finished run folder (no {PREDICTIONS}): {', '.join(missing)}")
     rows = model_scores(args.runs, args.task)
     if not rows:
         parser.error(f"no predictions for target task {args.task!r} in {len(args.runs)} run folder(s)")
