@@ -8,7 +8,8 @@ row), the arm runner's ``arms.parquet`` and the world checks in ``checks/checks.
   update, target_accuracy, retention, n_test`` and what each arm varies (retrieval mode, query, locator,
   teacher, the task it was selected for, wall time);
 - the generated block of ``docs/results.md``: (i) the main table, tasks plus macro averages (gap tasks,
-  controls) by strategy and budget, mean ± 95 % CI; (ii) the headline, error-driven minus random over the
+  controls) by strategy and budget, mean ± 95 % CI, and the accuracy of always giving the task's most
+  common answer; (ii) the headline, error-driven minus random over the
   gap tasks at the 5 % budget with a paired bootstrap 95 % CI over seed and item, and the controls' difference;
   (iii) error-driven at <= 10 % of the pool against the full pool, per task; (iv) retention; (v) the
   ablations; (vi) selection precision@budget and the world checks of every run.
@@ -96,7 +97,7 @@ def read_run(run_dir: Path) -> Results:
     cfg = json.loads((run_dir / "run_config.json").read_text())
     evaluate = run_dir / "round_0" / "evaluate"
     scores = pd.read_parquet(evaluate / "scores.parquet")
-    preds = pd.read_parquet(evaluate / "predictions.parquet", columns=["model", "suite", "task", "id", "correct"])
+    preds = pd.read_parquet(evaluate / "predictions.parquet", columns=["model", "suite", "task", "id", "gold", "correct"])
     summary = {s.model: s for s in summarize(scores.to_dict("records"), base="base", task=cfg.get("task"))}
     select, train, diagnose = cfg.get("select", {}), cfg.get("train", {}), cfg.get("diagnose", {})
     locator = (diagnose.get("locate") or {}).get("method", "answer_switch")
@@ -228,6 +229,16 @@ def macro(arms: pd.DataFrame, items: pd.DataFrame, tasks: Sequence[str], strateg
     return out
 
 
+def majority_share(items: pd.DataFrame, tasks: Sequence[str]) -> float | None:
+    """The accuracy of always giving each task's most common test answer, averaged over ``tasks``: the floor a
+    model reaches by settling on one answer (``None`` without gold answers)."""
+    if "gold" not in items.columns:
+        return None
+    rows = items[items.task.isin(tasks)].drop_duplicates(subset=["task", "id"])
+    shares = [g.gold.value_counts(normalize=True).iloc[0] for _, g in rows.groupby("task")]
+    return sum(shares) / len(shares) if shares and len(shares) == len(set(tasks)) else None
+
+
 def fmt_cell(stat: tuple[float, float, float, int] | None) -> str:
     if stat is None:
         return "–"
@@ -265,7 +276,8 @@ def _tasks(arms: pd.DataFrame, gap_tasks: Sequence[str], controls: Sequence[str]
 
 
 def main_table(res: Results, gap_tasks: Sequence[str], controls: Sequence[str]) -> str:
-    """(i) Rows: tasks, then the macro averages; columns: each strategy at each budget; mean ± 95 % CI (points)."""
+    """(i) Rows: tasks, then the macro averages; columns: each strategy at each budget; mean ± 95 % CI (points);
+    last, the accuracy of always giving the task's most common answer, when the items carry gold answers."""
     arms, items = res.arms, res.items
     update, mode = main_setting(arms)
     budgets = sorted({b for b in arms[arms.strategy.isin(["random", "insta", "error_driven", "oracle"])].budget_share.dropna()})
@@ -283,7 +295,13 @@ def main_table(res: Results, gap_tasks: Sequence[str], controls: Sequence[str]) 
         table[label] = [fmt_cell(mean_ci(macro(arms, items, tasks, s, b, update if s != "none" else None, mode))) for s, b in columns]
     keep = [j for j in range(len(columns)) if any(table[label][j] != "–" for label in table)]
     header = ["task"] + [(f"{s} {_budget_label(b)}" if b is not None else s) for j, (s, b) in enumerate(columns) if j in keep]
-    return _md(header, [[label] + [cells[j] for j in keep] for label, cells in table.items()])
+    body = [[label] + [cells[j] for j in keep] for label, cells in table.items()]
+    floors = [majority_share(items, tasks) for _, tasks in rows_spec]
+    if any(f is not None for f in floors):
+        header.append("one answer")
+        for row, floor in zip(body, floors):
+            row.append(f"{100 * floor:.1f}" if floor is not None else "–")
+    return _md(header, body)
 
 
 def headline(res: Results, gap_tasks: Sequence[str], controls: Sequence[str], budget: float = HEADLINE_BUDGET) -> dict[str, Any]:

@@ -100,6 +100,18 @@ def test_main_table_rows_are_tasks_and_macros_and_cells_are_mean_and_ci(summariz
     assert all("±" in c for c in rows["g1"])
 
 
+def test_main_table_ends_with_the_score_of_always_giving_the_most_common_answer(summarize) -> None:
+    res = _results(summarize, decoys=False)
+    assert "one answer" not in summarize.main_table(res, GAPS, CONTROLS)  # no gold answers: no column
+    # g1's test rows answer "more" 3 times in 4, g2's and c1's split evenly between two answers
+    ids = res.items["id"].str.rsplit("-", n=1).str[1].astype(int)
+    res.items["gold"] = np.where(res.items.task == "g1", np.where(ids % 4 < 3, "more", "fewer"), np.where(ids % 2 == 0, "yes", "no"))
+    table = summarize.main_table(res, GAPS, CONTROLS).splitlines()
+    assert [c.strip() for c in table[0].strip("|").split("|")][-1] == "one answer"
+    floor = {r.split("|")[1].strip(): r.strip("|").split("|")[-1].strip() for r in table[2:]}
+    assert floor == {"g1": "75.0", "g2": "50.0", "c1": "50.0", "macro: gap tasks (2)": "62.5"}
+
+
 def test_ablation_and_retention_tables_name_each_variant_once(summarize) -> None:
     res = _results(summarize)
     # the decoy ablation arms exist for one task each, so each shows in that task's macro only
