@@ -1,6 +1,7 @@
 """The results tables of the skills-world grid, in the paper's layout, written into docs/results.md.
 
-Reads finished runs of ``jobs/experiments/grid/*.yaml`` (each run folder holds ``run_config.json``,
+Reads finished ``edray run`` folders of the grid (``jobs/experiments/headline_v2/``, ``ablations_v2/`` and
+``grid_v2/``; each run folder holds ``run_config.json``,
 ``round_0/evaluate/scores.parquet`` and ``predictions.parquet`` (one scored answer per model, task and test
 row), the arm runner's ``arms.parquet`` and the world checks in ``checks/checks.json``) and writes:
 
@@ -16,7 +17,7 @@ row), the arm runner's ``arms.parquet`` and the world checks in ``checks/checks.
 
 Run it with::
 
-    python jobs/experiments/summarize.py runs/grid/*/
+    python jobs/experiments/summarize.py runs/experiments/headline_v2/*/ runs/experiments/ablations_v2/*/ runs/experiments/grid_v2/*/ --out docs/results
 
 The generated part of ``docs/results.md`` sits between two marker lines and is replaced on every run;
 text outside the markers is kept.
@@ -447,7 +448,8 @@ def ablation_table(res: Results, gap_tasks: Sequence[str], budget: float = ABLAT
 def update_table(res: Results, gap_tasks: Sequence[str]) -> str:
     """Weight update (full / LoRA / SPIDER) of the error-driven arms in the main retrieval mode, per budget:
     target accuracy macro over the gap tasks (mean ± bootstrap CI), its paired difference to the main update,
-    and retention (mean ± t 95 % CI over the arms, each on its own task)."""
+    and retention (mean ± t 95 % CI over the arms, each on its own task); then the random arms of the same
+    update and budget, the error-driven gain over them and their retention ("–" where none was trained)."""
     arms, items = res.arms, res.items
     main_update, mode = main_setting(arms)
     gaps, _, _ = _tasks(arms, gap_tasks, ())
@@ -463,8 +465,13 @@ def update_table(res: Results, gap_tasks: Sequence[str]) -> str:
             values = main if update == main_update else macro(arms, items, gaps, "error_driven", share, update, mode)
             diff = "–" if update == main_update else fmt_diff(values, main)[0]
             g = here[here["update"] == update]
-            rows.append([_budget_label(share), update, len(g), fmt_cell(mean_ci(values)), diff, t_interval(g.retention)])
-    header = ["budget", "update", "arms", "gap tasks, macro accuracy", f"− {main_update} [CI]", "retention"]
+            rand = macro(arms, items, gaps, "random", share, update, mode)
+            r = arms[(arms.strategy == "random") & (arms["update"] == update) & ((arms.budget_share - share).abs() < 1e-6)
+                     & (arms.status == "ok")].drop_duplicates(subset=["run", "model"])  # fmt: skip
+            rows.append([_budget_label(share), update, len(g), fmt_cell(mean_ci(values)), diff, t_interval(g.retention),
+                         fmt_cell(mean_ci(rand)), fmt_diff(values, rand)[0], t_interval(r.retention)])  # fmt: skip
+    header = ["budget", "update", "arms", "gap tasks, macro accuracy", f"− {main_update} [CI]", "retention",
+              "random, same update", "error-driven − random [CI]", "retention (random)"]  # fmt: skip
     return _md(header, rows) if rows else ""
 
 
@@ -573,7 +580,7 @@ def build(res: Results, out: Path, docs_rel: str, runs: Sequence[Path], gap_task
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="finished run folders of jobs/experiments/grid/*.yaml")
+    parser.add_argument("runs", nargs="+", type=Path, help="finished edray run folders (run_config.json and round_0/evaluate/_SUCCESS)")
     parser.add_argument("--doc", type=Path, default=Path("docs/results.md"), help="markdown file to update")
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for arms.csv")
     parser.add_argument("--gap-tasks", default=",".join(GAP_TASKS), help="comma-separated gap tasks (macro row, headline)")

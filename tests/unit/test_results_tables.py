@@ -178,7 +178,8 @@ def test_update_table_pairs_each_update_with_the_main_one_in_the_main_retrieval_
                                    "id": [f"g1-{i}" for i in range(N_ITEMS)], "correct": correct}))  # fmt: skip
     res = summarize.Results(pd.concat(arms, ignore_index=True), pd.concat(items, ignore_index=True), res.checks)
     table = summarize.update_table(res, ("g1",)).splitlines()
-    assert table[0] == "| budget | update | arms | gap tasks, macro accuracy | − full [CI] | retention |"
+    assert table[0] == ("| budget | update | arms | gap tasks, macro accuracy | − full [CI] | retention | random, same update "
+                        "| error-driven − random [CI] | retention (random) |")  # fmt: skip
     rows = {r.split("|")[2].strip(): [c.strip() for c in r.strip("|").split("|")] for r in table[2:]}
     assert list(rows) == ["full", "lora"]
     assert rows["full"][2] == "5" and rows["lora"][2] == "5"
@@ -187,6 +188,11 @@ def test_update_table_pairs_each_update_with_the_main_one_in_the_main_retrieval_
     assert rows["lora"][3].startswith("100.0")
     diff, low, high = (float(x) for x in rows["lora"][4].replace("[", "").replace("]", "").replace(",", "").split())
     assert diff == pytest.approx(100.0 - full, abs=0.11) and low < diff < high
+    # the random arms of 5 % under full fine-tuning (true accuracy 0.40), not the 2 % decoys (all wrong); none under LoRA
+    assert float(rows["full"][6].split(" ± ")[0]) == pytest.approx(40.0, abs=4.0)
+    gain = float(rows["full"][7].split(" [")[0])
+    assert gain == pytest.approx(full - float(rows["full"][6].split(" ± ")[0]), abs=0.11)
+    assert rows["lora"][6] == rows["lora"][7] == rows["lora"][8] == "–"
     # g2 has one update mode only: no table
     assert summarize.update_table(res, ("g2",)) == ""
 
