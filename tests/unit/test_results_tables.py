@@ -86,6 +86,18 @@ def test_headline_ci_covers_the_true_difference_and_uses_only_the_right_arms(sum
     assert summarize.headline(_results(summarize, decoys=False), GAPS, CONTROLS)["gap"].mean == pytest.approx(gap.mean)
 
 
+def test_budget_table_has_a_row_per_budget_with_both_strategies_and_the_headline_difference(summarize) -> None:
+    res = _results(summarize)
+    table = summarize.budget_table(res, GAPS, CONTROLS).splitlines()
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in table[2:]]
+    # the 2 % random decoys have no error-driven arms at 2 %: one row, the headline's budget
+    assert [r[0] for r in rows] == ["5 %"]
+    h = summarize.headline(res, GAPS, CONTROLS)
+    assert float(rows[0][3].split(" [")[0]) == pytest.approx(100 * h["gap"].mean, abs=0.051)
+    assert float(rows[0][6].split(" [")[0]) == pytest.approx(100 * h["controls"].mean, abs=0.051)
+    assert float(rows[0][2].split(" ± ")[0]) == pytest.approx(40.0, abs=4.0)  # random's true 0.40 on the gap tasks
+
+
 def test_main_table_rows_are_tasks_and_macros_and_cells_are_mean_and_ci(summarize) -> None:
     res = _results(summarize, decoys=False)
     table = summarize.main_table(res, GAPS, CONTROLS).splitlines()
